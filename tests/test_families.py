@@ -1,0 +1,99 @@
+"""Cross-checks of HookedModel against plain transformers, for every supported family (tiny random models)."""
+import sys, os
+sys.path.insert(0, os.path.dirname(__file__))
+import pytest
+import torch
+from tiny import FAMILIES, tiny_hf, eager_copy, tokens
+from deeplens.model import HookedModel
+
+ATOL = 1e-5
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def fam(request):
+    hf = tiny_hf(request.param)
+    return request.param, hf, HookedModel(hf)
+
+def hf_out(hf, ids, **kw):
+    with torch.no_grad(): return hf(ids, output_hidden_states=True, **kw)
+
+def test_logits_identical_without_hooks(fam):
+    name, hf, m = fam
+    ids = tokens()
+    with torch.no_grad():
+        ref = hf(ids).logits
+        assert torch.equal(m(ids), ref)
+        assert torch.equal(m.run_with_hooks(ids), ref)
+
+def test_residual_sites_match_hidden_states(fam):
+    name, hf, m = fam
+    ids = tokens()
+    hs = hf_out(hf, ids).hidden_states           # embeddings, then each block's output (last one after the final norm)
+    logits, cache = m.run_with_cache(ids, lambda n: "resid" in n or n == "ln_final.hook_normalized")
+    L = m.cfg.n_layers
+    for l in range(L):
+        torch.testing.assert_close(cache[f"blocks.{l}.hook_resid_pre"], hs[l], atol=ATOL, rtol=0)
+    for l in range(L - 1):
+        torch.testing.assert_close(cache[f"blocks.{l}.hook_resid_post"], hs[l + 1], atol=ATOL, rtol=0)
+    torch.testing.assert_close(cache["ln_final.hook_normalized"], hs[L], atol=ATOL, rtol=0)
+    assert torch.equal(logits, hf(ids).logits)     # reading resid sites leaves the model bit-identical
+
+def test_pattern_equals_eager_attention(fam):
+    name, hf, m = fam
+    ids = tokens()
+    with torch.no_grad():
+        ref = eager_copy(hf)(ids, output_attentions=True).attentions
+    _, cache = m.run_with_cache(ids, lambda n: n.endswith("hook_pattern"))
+    for l in range(m.cfg.n_layers):
+        torch.testing.assert_close(cache[f"blocks.{l}.attn.hook_pattern"], ref[l], atol=ATOL, rtol=0)
+
+def test_z_through_W_O_equals_attn_out(fam):
+    name, hf, m = fam
+    ids = tokens()
+    # Gemma 2 normalises the attention output before the residual: compare with the o-projection's output.
+    out_site = "blocks.{l}.attn.hook_result" if name == "gemma2" else "blocks.{l}.hook_attn_out"
+    _, cache = m.run_with_cache(ids)
+    W_O, b_O = m.W_O, m.b_O
+    for l in range(m.cfg.n_layers):
+        z = cache[f"blocks.{l}.attn.hook_z"]
+        got = torch.einsum("bphd,hdm->bpm", z, W_O[l]) + b_O[l]
+        want = cache[out_site.format(l=l)]
+        if name == "gemma2": want = want.sum(2) + b_O[l]
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+def test_identity_hooks_change_nothing(fam):
+    name, hf, m = fam
+    ids = tokens()
+    with torch.no_grad(): ref = hf(ids).logits
+    seen = []
+    def ident(a, hook): seen.append(hook.name); return a.clone()    # a *new* tensor with the same values
+    got = m.run_with_hooks(ids, fwd_hooks=[(lambda n: True, ident)])
+    assert set(seen) == set(m.hook_names())
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+
+def test_zero_head_via_hook_z_matches_o_proj_prehook(fam):
+    name, hf, m = fam
+    ids, l, h, d = tokens(), m.cfg.n_layers - 1, 1, m.cfg.d_head
+    def zero_z(z, hook): z = z.clone(); z[:, :, h] = 0; return z
+    got = m.run_with_hooks(ids, fwd_hooks=[(f"blocks.{l}.attn.hook_z", zero_z)])
+    o = hf.get_submodule(f"{m.spec.layers}.{l}.{m.spec.o}")
+    def pre(mod, args):
+        x = args[0].clone(); x[..., h * d:(h + 1) * d] = 0; return (x,)
+    handle = o.register_forward_pre_hook(pre)
+    try:
+        with torch.no_grad(): want = hf(ids).logits
+    finally: handle.remove()
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    with torch.no_grad(): assert (got - hf(ids).logits).abs().max() > 1e-4   # the ablation did something
+
+def test_hooks_removed_and_attention_restored(fam):
+    name, hf, m = fam
+    impl = hf.config._attn_implementation
+    before = hook_dicts(hf)                     # transformers installs a few hooks of its own
+    m.run_with_cache(tokens())
+    assert hook_dicts(hf) == before
+    assert not any("_attn" in vars(mod) for mod in hf.modules())
+    assert hf.config._attn_implementation == impl
+
+def hook_dicts(hf):
+    return [(n, tuple(mod._forward_hooks), tuple(mod._forward_pre_hooks), tuple(mod._backward_hooks),
+             tuple(mod._backward_pre_hooks)) for n, mod in hf.named_modules()]
