@@ -1,0 +1,2 @@
+from deeplens.cli import main
+if __name__ == "__main__": main()
