@@ -221,3 +221,14 @@ def test_add_and_reset_hooks(tiny):
     assert (m(ids) - ref).abs().max() > 1e-3
     m.reset_hooks()
     assert hook_dicts(m.hf) == before and torch.equal(m(ids), ref)
+
+def test_stop_at_layer(tiny):
+    m = tiny["llama"]; ids = tokens()
+    ran = []
+    with m.hooks(fwd_hooks=[(lambda n: n.endswith("hook_resid_post"), lambda a, h: ran.append(h.layer()))]):
+        with torch.no_grad(): r = m(ids, stop_at_layer=1)
+    assert ran == [0]
+    _, c = m.run_with_cache(ids, ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"])
+    assert torch.equal(r, c["blocks.1.hook_resid_pre"])
+    with torch.no_grad(): assert torch.equal(m(ids, stop_at_layer=m.cfg.n_layers), c["blocks.1.hook_resid_post"])
+    with pytest.raises(ValueError, match="stop_at_layer"): m(ids, stop_at_layer=5)
