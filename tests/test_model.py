@@ -232,3 +232,11 @@ def test_stop_at_layer(tiny):
     assert torch.equal(r, c["blocks.1.hook_resid_pre"])
     with torch.no_grad(): assert torch.equal(m(ids, stop_at_layer=m.cfg.n_layers), c["blocks.1.hook_resid_post"])
     with pytest.raises(ValueError, match="stop_at_layer"): m(ids, stop_at_layer=5)
+
+def test_cached_result_equals_hooked_result(tiny):
+    m = tiny["gpt2"]; ids = tokens()
+    seen = {}
+    m.run_with_hooks(ids, fwd_hooks=[("blocks.1.attn.hook_result", lambda a, h: seen.setdefault("r", a.detach().clone()))])
+    _, c = m.run_with_cache(ids, "blocks.1.attn.hook_result", pos_slice=slice(2, 5))
+    assert "blocks.1.attn.hook_z" not in c                      # z was kept only to compute the result
+    torch.testing.assert_close(c["blocks.1.attn.hook_result"], seen["r"][:, 2:5], atol=0, rtol=0)
