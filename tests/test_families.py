@@ -82,6 +82,24 @@ def test_identity_hooks_change_nothing(fam):
     got = m.run_with_hooks(ids, fwd_hooks=[(lambda n: not n.endswith(ATTN_INTERNAL), ident)])
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
 
+def test_rotated_qk_hooks_keep_sdpa_and_write_like_eager(fam):
+    """Hooks on rot_q/rot_k alone leave z to SDPA (no attention matrix is built): identity changes nothing
+    against the SDPA model, and a write gives what the same write gives through the eager path (forced by
+    also reading the pattern)."""
+    name, hf, m = fam
+    if not any(n.endswith("hook_rot_q") for n in m.hook_names()): pytest.skip("no rotary q/k sites")
+    ids, l = tokens(), m.cfg.n_layers - 1
+    with torch.no_grad(): ref = hf(ids).logits
+    got = m.run_with_hooks(ids, fwd_hooks=[(lambda n: n.endswith(("hook_rot_q", "hook_rot_k")), lambda a, h: a.clone())])
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    def zero_head(q, hook): q = q.clone(); q[:, :, 0] = 0; return q
+    write = [(f"blocks.{l}.attn.hook_rot_q", zero_head)]
+    fast = m.run_with_hooks(ids, fwd_hooks=write)
+    eager = m.run_with_hooks(ids, fwd_hooks=write + [(f"blocks.{l}.attn.hook_pattern", lambda a, h: None)])
+    tol = 1e-4 if name == "default" else ATOL      # SDPA vs eager rounding over 30 layers, logits of size ~20
+    torch.testing.assert_close(fast, eager, atol=tol, rtol=0)
+    assert (fast - ref).abs().max() > 1e-3                       # the write did something
+
 def test_zero_head_via_hook_z_matches_o_proj_prehook(fam):
     name, hf, m = fam
     ids, l, h, d = tokens(), m.cfg.n_layers - 1, 1, m.cfg.d_head
