@@ -1,0 +1,326 @@
+"""ActivationStore: rows equal run_with_cache, text round trip, resume after SIGKILL, torchrun, shuffling, errors."""
+import json, os, signal, subprocess, sys, time, warnings
+from pathlib import Path
+sys.path.insert(0, os.path.dirname(__file__))
+import numpy as np
+import pytest
+import torch
+import transformers as T
+from transformers import AutoTokenizer
+import deeplens.store as store_mod
+from deeplens.model import HookedModel, load_model, default_model_path
+from deeplens.store import ActivationStore, NonFiniteActivations
+
+HERE = Path(__file__).parent
+HOOKS = ["blocks.0.hook_resid_post", "blocks.1.mlp.hook_post"]
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    "Tiny models run fastest single-threaded on a shared machine; restore the setting afterwards."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+@pytest.fixture(scope="module")
+def tok():
+    return AutoTokenizer.from_pretrained(default_model_path())
+
+def _tiny_llama(tok, seed=0):
+    torch.manual_seed(seed)
+    cfg = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=128)
+    return T.AutoModelForCausalLM.from_config(cfg).eval()
+
+@pytest.fixture(scope="module")
+def tiny_dir(tok, tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_model")
+    _tiny_llama(tok).save_pretrained(d); tok.save_pretrained(d)
+    return d
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return load_model(str(tiny_dir), verbose=False)
+
+@pytest.fixture(scope="module")
+def docs():
+    "Real English: the first pydoc help topics, cut to a few hundred characters each."
+    from pydoc_data.topics import topics
+    return [topics[k][:600] for k in sorted(topics)[:30]]
+
+@pytest.fixture(scope="module")
+def docs_file(docs, tmp_path_factory):
+    p = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    p.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return p
+
+def _shard_tokens(store, i):
+    from safetensors.torch import load_file
+    d, k, _, _ = store.shards[i]
+    return load_file(str(d / f"tokens-{k:05d}.safetensors"))
+
+def _check_rows_equal_cache(m, store, hooks, atol=1e-6):
+    "Every row of the store equals run_with_cache on the stored contexts, at the kept positions."
+    row = 0
+    for i in range(len(store.shards)):
+        t = _shard_tokens(store, i)
+        _, cache = m.run_with_cache(t["tokens"].long(), hooks)
+        keep = t["keep"]
+        n = int(keep.sum())
+        for h in hooks:
+            a = cache[h]
+            if m.sites[h].pos_dim != 1: a = a.movedim(m.sites[h].pos_dim, 1)
+            ref = a[keep].flatten(1)
+            got = store.get(slice(row, row + n), h)
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, ref, atol=atol, rtol=0)
+        row += n
+    assert row == len(store)
+
+def _read_all(store):
+    return {h: store.get(slice(None), h) for h in store.hooks}, store.token_index(slice(None))
+
+def _same_store(a, b, exact=True):
+    (xa, ia), (xb, ib) = _read_all(a), _read_all(b)
+    assert len(a) == len(b)
+    for k in ia: assert torch.equal(ia[k], ib[k]), k
+    for h in xa:
+        if exact: assert torch.equal(xa[h], xb[h]), h
+        else: torch.testing.assert_close(xa[h], xb[h], atol=1e-6, rtol=0)
+
+# --- contents -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_rows_equal_run_with_cache(tiny, docs, tmp_path, exclude):
+    hooks = ["hook_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_z", "blocks.0.attn.hook_pattern",
+             "blocks.1.mlp.hook_post", "blocks.1.hook_resid_post"]
+    s = ActivationStore.build(tiny, docs, hooks, 700, tmp_path / "s", context_size=24, batch_size=3, shard_rows=120,
+                              exclude_special_tokens=exclude, progress=False)
+    assert len(s) == 700 and len(s.shards) > 2
+    assert s.widths["blocks.0.attn.hook_z"] == 32 and s.widths["blocks.0.attn.hook_pattern"] == 4 * 24
+    bos = tiny.tokenizer.bos_token_id
+    assert (s.tokens(slice(None)) == bos).any().item() is (not exclude)
+    _check_rows_equal_cache(tiny, s, hooks)
+
+def test_rows_after_last_block_and_logits(tiny, docs, tmp_path):
+    "Hooks past the blocks need the whole forward (no stop_at_layer); logits are stored in full."
+    hooks = ["ln_final.hook_normalized", "hook_logits"]
+    s = ActivationStore.build(tiny, docs, hooks, 60, tmp_path / "s", context_size=16, batch_size=2, progress=False)
+    _check_rows_equal_cache(tiny, s, hooks, atol=1e-5)
+
+def test_default_model_rows(tmp_path, docs):
+    m = load_model(verbose=False)
+    hooks = ["blocks.3.hook_resid_post", "blocks.5.mlp.hook_post"]
+    s = ActivationStore.build(m, docs, hooks, 150, tmp_path / "s", context_size=32, batch_size=4, progress=False)
+    assert s.widths == {"blocks.3.hook_resid_post": 576, "blocks.5.mlp.hook_post": 1536}
+    _check_rows_equal_cache(m, s, hooks, atol=1e-5)
+    assert s.meta["model"].endswith("SmolLM2-135M-Instruct")
+
+def test_tokens_decode_to_source(tiny, docs, tmp_path):
+    s = ActivationStore.build(tiny, docs, ["blocks.0.hook_resid_post"], 1500, tmp_path / "s", context_size=40,
+                              batch_size=4, shard_rows=200, progress=False)
+    idx = s.token_index(slice(None))
+    tok = s.tokenizer                              # the copy saved in the store
+    checked = 0
+    for d, text in enumerate(docs):
+        sel = idx["doc"] == d
+        if not sel.any(): break
+        order = torch.argsort(idx["doc_pos"][sel])
+        pos, ids = idx["doc_pos"][sel][order], idx["token"][sel][order]
+        if len(pos) == len(tok(text, add_special_tokens=False)["input_ids"]):      # the document is wholly in the store
+            assert torch.equal(pos, torch.arange(len(pos)))
+            assert tok.decode(ids.tolist()) == text
+            checked += 1
+    assert checked >= 3
+    # the row's token sits marked in the text around it
+    r = 123
+    t = tok.decode([int(idx["token"][r])])
+    c = s.context(r, window=5)
+    assert f"«{t}»" in c
+    assert s.token_index(r)["token"] == idx["token"][r]
+
+# --- resume and scale-out -----------------------------------------------------------------------------------
+
+def _script(*args, resume=False, kill_at=0):
+    cmd = [sys.executable, str(HERE / "_store_build.py"), *map(str, args)]
+    if resume: cmd.append("--resume")
+    if kill_at: cmd += ["--kill-at", str(kill_at)]
+    return cmd
+
+SUB = dict(context_size=32, batch_size=4, shard_rows=256, progress=False)     # what _store_build.py uses
+
+@pytest.fixture(scope="module")
+def reference(tiny, docs_file, tmp_path_factory):
+    "The uninterrupted single-process build that the subprocess builds must reproduce."
+    return ActivationStore.build(tiny, str(docs_file), HOOKS, 1200, tmp_path_factory.mktemp("ref") / "ref", **SUB)
+
+def test_resume_after_sigkill(tiny, tiny_dir, docs_file, tmp_path, reference):
+    out = tmp_path / "out"
+    r = subprocess.run(_script(tiny_dir, docs_file, out, 1200, kill_at=8), capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]         # killed inside the third shard (3 files a shard)
+    meta = json.loads((out / "meta.json").read_text())
+    assert not meta["complete"] and len(meta["shards"]) == 2 and len(reference.shards) > 3
+    assert list(out.glob("*.tmp"))                                     # the half-written shard is visible only as .tmp
+    s = ActivationStore.build(tiny, str(docs_file), HOOKS, 1200, out, resume=True, **SUB)
+    assert json.loads((out / "meta.json").read_text()) == json.loads((reference.path / "meta.json").read_text())
+    assert not list(out.glob("*.tmp"))
+    _same_store(s, reference, exact=True)
+
+def test_torchrun_two_ranks(tiny_dir, docs_file, tmp_path, reference):
+    multi = tmp_path / "multi"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(HERE / "_store_build.py"), str(tiny_dir), str(docs_file), str(multi), "1200"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rank 0: 1200 rows" in r.stdout and "rank 1: 1200 rows" in r.stdout
+    assert (multi / "rank-00000" / "progress.json").exists() and (multi / "rank-00001" / "progress.json").exists()
+    b = ActivationStore(multi)
+    assert b.meta["world_size"] == 2 and b.complete
+    _same_store(reference, b, exact=False)
+    # the interleaved ranks read back exactly like the single-process store, shuffled too
+    ra = torch.cat([r for _, r in reference.iter_batches(64, seed=3, with_rows=True)])
+    rb = torch.cat([r for _, r in b.iter_batches(64, seed=3, with_rows=True)])
+    assert torch.equal(ra, rb)
+
+# --- reading ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def built(tiny, docs, tmp_path_factory):
+    return ActivationStore.build(tiny, docs, HOOKS, 2000, tmp_path_factory.mktemp("s") / "s", context_size=32,
+                                 batch_size=4, shard_rows=256, progress=False)
+
+def test_shuffle_every_row_once_deterministic(built):
+    s = built
+    kw = dict(buffer_rows=300, block_rows=50, with_rows=True)
+    epoch = list(s.iter_batches(64, seed=7, **kw))
+    rows = torch.cat([r for _, r in epoch])
+    assert torch.equal(rows.sort().values, torch.arange(len(s)))                         # every row exactly once
+    assert not torch.equal(rows, torch.arange(len(s)))                                   # and shuffled
+    assert all(len(r) == 64 for _, r in epoch[:-1]) and len(epoch[-1][1]) == len(s) % 64
+    for batch, r in epoch[:3]:
+        for h in HOOKS: assert torch.equal(batch[h], s.get(r, h))                         # rows match their indices
+    again = torch.cat([r for _, r in s.iter_batches(64, seed=7, **kw)])
+    other = torch.cat([r for _, r in s.iter_batches(64, seed=8, **kw)])
+    assert torch.equal(rows, again) and not torch.equal(rows, other)
+    plain = torch.cat(list(s.iter_batches(100, shuffle=False, hooks=HOOKS[0])))
+    assert torch.equal(plain, s.get(slice(None), HOOKS[0]))
+    assert sum(len(b) for b in s.iter_batches(64, drop_last=True, hooks=HOOKS[0])) == len(s) // 64 * 64
+
+def test_split_stats_random_access(built):
+    s = built
+    tr, ev = s.split(0.8)
+    assert (len(tr), len(ev)) == (1600, 400)
+    assert torch.equal(ev.get(slice(None), HOOKS[0]), s.get(slice(1600, 2000), HOOKS[0]))
+    assert torch.equal(ev[0][HOOKS[1]], s[1600][HOOKS[1]]) and torch.equal(ev[-1][HOOKS[0]], s[1999][HOOKS[0]])
+    rows = torch.cat([r for _, r in ev.iter_batches(32, seed=1, with_rows=True)])
+    assert torch.equal(rows.sort().values, torch.arange(400))
+    idx = torch.tensor([1999, 3, 700, 3, 1024])
+    full = s.get(slice(None), HOOKS[0])
+    assert torch.equal(s.get(idx, HOOKS[0]), full[idx])
+    st = tr.stats(HOOKS[0])
+    x = full[:1600].double()
+    torch.testing.assert_close(st["mean"], x.mean(0).float(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(st["std"], x.std(0, unbiased=False).float(), atol=1e-5, rtol=1e-4)
+    assert abs(st["mean_norm"] - x.norm(dim=1).mean().item()) < 1e-6 and st["n"] == 1600
+    assert len(s.split(0.5, 0.25, 0.25)) == 3
+    with pytest.raises(ValueError, match="sum to 1"): s.split(0.5, 0.6)
+    with pytest.raises(IndexError): s.get([2000], HOOKS[0])
+    with pytest.raises(KeyError, match="not in this store"): s.get([0], "blocks.1.hook_resid_post")
+    assert "2,000 rows" in repr(s) and HOOKS[0] in repr(s) and "rows 1,600:2,000" in repr(ev)
+
+def test_reading_is_memory_mapped(built):
+    s = built
+    s.get([0, 1999], HOOKS[0])
+    assert all(isinstance(mm, np.memmap) for mm, _ in s._maps.values())
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_dtypes(tiny, docs, tmp_path, dtype, built):
+    s = ActivationStore.build(tiny, docs, HOOKS, 2000, tmp_path / "s", context_size=32, batch_size=4, shard_rows=256,
+                              dtype=dtype, progress=False)
+    x = s.get(slice(None), HOOKS[0])
+    assert x.dtype == getattr(torch, dtype)
+    assert torch.equal(x, built.get(slice(None), HOOKS[0]).to(x.dtype))
+    b = next(iter(s.iter_batches(16, dtype="float32", hooks=HOOKS[0])))
+    assert b.dtype == torch.float32
+
+# --- errors -------------------------------------------------------------------------------------------------
+
+def test_bad_input_writes_nothing(tiny, tok, docs, tmp_path):
+    out = tmp_path / "s"
+    with pytest.raises(ValueError, match="unknown hook name"):
+        ActivationStore.build(tiny, docs, ["blocks.0.hook_resid_postt"], 100, out, progress=False)
+    with pytest.raises(ValueError, match="layer 9 is out of range"):
+        ActivationStore.build(tiny, docs, "blocks.9.hook_resid_post", 100, out, progress=False)
+    with pytest.raises(ValueError, match="empty or too short"):
+        ActivationStore.build(tiny, [], HOOKS, 100, out, progress=False)
+    with pytest.raises(ValueError, match="empty or too short"):
+        ActivationStore.build(tiny, ["two words"], HOOKS, 100, out, context_size=32, progress=False)
+    bad = tmp_path / "bad.jsonl"; bad.write_text('{"body": "some text", "id": 1}\n')
+    with pytest.raises(ValueError, match=r"available fields: \['body', 'id'\]"):
+        ActivationStore.build(tiny, str(bad), HOOKS, 100, out, progress=False)
+    with pytest.raises(ValueError, match="dtype must be"):
+        ActivationStore.build(tiny, docs, HOOKS, 100, out, dtype="int8", progress=False)
+    with pytest.raises(ValueError, match="not both"):
+        ActivationStore.build(tiny, docs, HOOKS, 100, out, resume=True, overwrite=True, progress=False)
+    assert not out.exists()
+
+def test_existing_store_refused_unless_overwrite(tiny, tok, docs, tmp_path):
+    out = tmp_path / "s"
+    ActivationStore.build(tiny, docs, HOOKS, 300, out, context_size=32, progress=False)
+    snapshot = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    other = HookedModel(_tiny_llama(tok, seed=1), tok)
+    with pytest.raises(ValueError, match="model_fingerprint"):
+        ActivationStore.build(other, docs, HOOKS, 300, out, context_size=32, progress=False)
+    with pytest.raises(ValueError, match="hooks"):
+        ActivationStore.build(tiny, docs, ["blocks.1.hook_resid_post"], 300, out, context_size=32, progress=False)
+    with pytest.raises(ValueError, match="pass resume=True"):
+        ActivationStore.build(tiny, docs, HOOKS, 300, out, context_size=32, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == snapshot
+    s = ActivationStore.build(tiny, docs, HOOKS, 300, out, context_size=32, resume=True, progress=False)  # complete: reused
+    assert len(s) == 300 and {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == snapshot
+    s = ActivationStore.build(other, docs, ["blocks.1.hook_resid_post"], 200, out, context_size=32, overwrite=True, progress=False)
+    assert s.hooks == ["blocks.1.hook_resid_post"] and len(s) == 200
+    assert not list(out.glob("acts-blocks.0*"))
+    _check_rows_equal_cache(other, s, s.hooks)
+    (tmp_path / "foreign").mkdir(); (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not part of an ActivationStore"):
+        ActivationStore.build(tiny, docs, HOOKS, 100, tmp_path / "foreign", overwrite=True, progress=False)
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
+
+def test_nan_reported_with_row(tiny_dir, tok, docs, tmp_path, tiny):
+    clean = ActivationStore.build(tiny, docs, ["blocks.0.hook_resid_pre"], 400, tmp_path / "clean", context_size=32,
+                                  progress=False)
+    ids = clean.tokens(slice(None))
+    bad_tok = int(ids[57])                               # a token that occurs in the first shard
+    first = int((ids == bad_tok).nonzero()[0, 0])
+    m = load_model(str(tiny_dir), verbose=False)
+    with torch.no_grad(): m.W_E[bad_tok] = float("nan")
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteActivations, match=rf"at row {first} "):
+        ActivationStore.build(m, docs, ["blocks.0.hook_resid_pre"], 400, out, context_size=32, progress=False)
+    assert not out.exists()
+
+def test_write_failure_keeps_complete_shards(tiny, docs, tmp_path, monkeypatch):
+    kw = dict(context_size=32, batch_size=4, shard_rows=256, progress=False)
+    ref = ActivationStore.build(tiny, docs, HOOKS, 2000, tmp_path / "ref", **kw)
+    out = tmp_path / "out"
+    real, calls = store_mod.save_file, []
+    def failing(tensors, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 8: raise OSError(28, "No space left on device")   # inside the third shard
+        return real(tensors, path, *a, **k)
+    monkeypatch.setattr(store_mod, "save_file", failing)
+    with pytest.raises(OSError, match="No space left"):
+        ActivationStore.build(tiny, docs, HOOKS, 2000, out, **kw)
+    monkeypatch.setattr(store_mod, "save_file", real)
+    meta = json.loads((out / "meta.json").read_text())
+    assert len(meta["shards"]) == 2 and not meta["complete"]
+    assert not list(out.glob("*.tmp"))
+    for k in range(2):
+        for name in [f"tokens-{k:05d}.safetensors", *(f"acts-{h}-{k:05d}.safetensors" for h in HOOKS)]:
+            assert (out / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+    with pytest.warns(UserWarning, match="incomplete"):
+        part = ActivationStore(out)
+    n = sum(s["rows"] for s in meta["shards"])
+    assert len(part) == n and torch.equal(part.get(slice(None), HOOKS[0]), ref.get(slice(0, n), HOOKS[0]))
+    done = ActivationStore.build(tiny, docs, HOOKS, 2000, out, resume=True, **kw)
+    _same_store(done, ref, exact=True)
