@@ -98,3 +98,105 @@ def test_usage_errors():
     assert e.value.code == 2
     with pytest.raises(SystemExit) as e: main(["--version"])
     assert e.value.code == 0
+
+# --- deeplens extract ------------------------------------------------------------------------------------------
+
+from deeplens.cli import parse_count
+from deeplens.corpus import corpus
+from deeplens.store import ActivationStore
+
+HOOKS2 = "blocks.0.hook_resid_post,blocks.1.mlp.hook_post"
+
+@pytest.fixture(scope="module")
+def docs_file(tmp_path_factory):
+    import json
+    texts = [f"Document {i}: the activation store packs text into contexts, and every token becomes a row of "
+             f"activations at each hook that was asked for, number {i * 7}." for i in range(40)]
+    p = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    p.write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
+    return p
+
+def store_rows(path):
+    st = ActivationStore(path)
+    return st, {h: st.get(slice(None), h) for h in st.hooks}, st.token_index(slice(None))
+
+def test_extract_matches_api_and_cache(tiny_dir, docs_file, tmp_path, capsys):
+    "`deeplens extract` writes the store the Python API writes with the same arguments; rows match run_with_cache."
+    args = ["extract", "--model", tiny_dir, "--hooks", HOOKS2, "--corpus", str(docs_file), "--text-field", "body",
+            "--tokens", "0.5k", "--out", str(tmp_path / "cli"), "--context-size", "32", "--batch-size", "4", "--no-progress"]
+    assert main(args) is None
+    out = capsys.readouterr().out
+    assert re.search(r"^rows\s+500\b", out, re.M) and "blocks.1.mlp.hook_post  (width 64)" in out, out
+    m = load_model(tiny_dir, device="cpu", verbose=False)
+    api = ActivationStore.build(m, corpus(str(docs_file), text_field="body"), HOOKS2.split(","), 500, tmp_path / "api",
+                                context_size=32, batch_size=4, progress=False)
+    st, rows, idx = store_rows(tmp_path / "cli")
+    _, rows_api, idx_api = store_rows(api.path)
+    assert st.context_size == 32 and st.meta["dtype"] == "float32" and len(st) == 500
+    for h in rows: assert torch.equal(rows[h], rows_api[h]), h
+    for k in idx: assert torch.equal(idx[k], idx_api[k]), k
+    # independent check of a few contexts: rebuild each from its stored token ids and run the model
+    toks = st.tokens(slice(None))
+    for c in idx["context"].unique()[:3].tolist():
+        sel = (idx["context"] == c).nonzero()[:, 0]
+        pos = idx["context_pos"][sel]
+        ctx = torch.full((32,), m.tokenizer.bos_token_id)
+        ctx[pos] = toks[sel]
+        _, cache = m.run_with_cache(ctx[None], HOOKS2.split(","))
+        for h in rows: torch.testing.assert_close(rows[h][sel], cache[h][0, pos], atol=1e-5, rtol=1e-5)
+
+def test_extract_resume_overwrite_and_refusals(tiny_dir, docs_file, tmp_path, capsys):
+    base = ["extract", "--model", tiny_dir, "--corpus", str(docs_file), "--text-field", "body", "--tokens", "200",
+            "--out", str(tmp_path / "s"), "--context-size", "32", "--no-progress"]
+    main(base + ["--hooks", "blocks.0.hook_resid_post"])
+    before = store_rows(tmp_path / "s")[1]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e: main(base + ["--hooks", "blocks.0.hook_resid_post"])      # exists: needs --resume
+    assert e.value.code == 2 and "resume" in capsys.readouterr().err
+    assert main(base + ["--hooks", "blocks.0.hook_resid_post", "--resume"]) is None                  # reuse the finished store
+    assert torch.equal(store_rows(tmp_path / "s")[1]["blocks.0.hook_resid_post"], before["blocks.0.hook_resid_post"])
+    with pytest.raises(SystemExit) as e: main(base + ["--hooks", "blocks.1.hook_resid_post", "--resume"])   # another hook
+    assert e.value.code == 2 and "different ActivationStore" in capsys.readouterr().err
+    main(base + ["--hooks", "blocks.1.hook_resid_post", "--overwrite", "--dtype", "bfloat16"])
+    st = ActivationStore(tmp_path / "s")
+    assert st.hooks == ["blocks.1.hook_resid_post"] and st.dtype == torch.bfloat16 and len(st) == 200
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--hooks", "blocks.0.hook_resid_postt"], "unknown hook name 'blocks.0.hook_resid_postt'"),
+    (["--hooks", "blocks.9.hook_resid_post"], "layer 9 is out of range"),
+    (["--hooks", ","], "--hooks is empty"),
+    (["--hooks", "blocks.0.hook_resid_post", "--context-size", "0"], "context_size must be a positive int"),
+])
+def test_extract_errors_write_nothing(tiny_dir, docs_file, tmp_path, capsys, extra, msg):
+    with pytest.raises(SystemExit) as e:
+        main(["extract", "--model", tiny_dir, "--corpus", str(docs_file), "--tokens", "100", "--out", str(tmp_path / "o"), *extra])
+    assert e.value.code == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("deeplens:")]
+    assert len(err) == 1 and msg in err[0], err
+    assert not (tmp_path / "o").exists()
+
+def test_extract_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e: main(["extract", "--hooks", "x", "--corpus", "c", "--out", "o"])    # no --tokens
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e: main(["extract", "--hooks", "x", "--corpus", "c", "--out", "o", "--tokens", "lots"])
+    assert e.value.code == 2 and "not a count" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["extract", "--hooks", "x", "--corpus", str(tmp_path / "missing.jsonl"), "--out", "o", "--tokens", "10"])
+    assert e.value.code == 2 and "no such file" in capsys.readouterr().err
+    assert parse_count("1.5M") == 1_500_000 and parse_count("2k") == 2000 and parse_count("1e6") == 10**6
+
+def test_extract_torchrun_two_ranks_equals_single(tiny_dir, docs_file, tmp_path):
+    "`torchrun --nproc-per-node 2 -m deeplens extract` (gloo, CPU) holds exactly the rows of a one-process build."
+    common = ["extract", "--model", tiny_dir, "--hooks", HOOKS2, "--corpus", str(docs_file), "--text-field", "body",
+              "--tokens", "700", "--context-size", "32", "--batch-size", "4", "--no-progress"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "deeplens",
+                        *common, "--out", str(tmp_path / "dist")], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"^rows\s+700\s+\(.*2 ranks\)", r.stdout, re.M), r.stdout      # reported once, by rank 0
+    assert (tmp_path / "dist" / "rank-00001").is_dir()
+    main([*common, "--out", str(tmp_path / "one")])
+    _, rows_d, idx_d = store_rows(tmp_path / "dist")
+    _, rows_1, idx_1 = store_rows(tmp_path / "one")
+    for h in rows_1: torch.testing.assert_close(rows_d[h], rows_1[h], atol=1e-6, rtol=0)
+    for k in idx_1: assert torch.equal(idx_d[k], idx_1[k]), k
