@@ -1,0 +1,200 @@
+"""SAETrainer: bit-exact resume after SIGKILL, torchrun DDP = single process, DataLoader resume, metrics, errors."""
+import hashlib, json, os, shutil, signal, subprocess, sys
+from pathlib import Path
+sys.path.insert(0, os.path.dirname(__file__))
+import pytest
+import torch
+import transformers as T
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
+from deeplens.model import load_model, default_model_path
+from deeplens.store import ActivationStore
+from deeplens.sae import SparseAutoencoder
+from deeplens.train import SAETrainer, latest_checkpoint
+from _train_run import make_trainer
+
+HERE = Path(__file__).parent
+HOOK = "blocks.1.hook_resid_post"
+
+@pytest.fixture(scope="module", autouse=True)
+def deterministic():
+    "One thread and deterministic algorithms, as in the subprocess runs; restored afterwards."
+    n, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1); torch.use_deterministic_algorithms(True)
+    yield
+    torch.set_num_threads(n); torch.use_deterministic_algorithms(det)
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    "6,000 rows of width 32: a tiny random Llama run over real English (pydoc topics)."
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=128)
+    m = load_model(T.AutoModelForCausalLM.from_config(cfg).eval(), tokenizer=tok, verbose=False)
+    from pydoc_data.topics import topics
+    docs = [topics[k][:2000] for k in sorted(topics)[:80]]
+    return ActivationStore.build(m, docs, [HOOK], 6000, tmp_path_factory.mktemp("s") / "store", context_size=64,
+                                 progress=False)
+
+def _weights(run_dir):
+    return load_file(str(Path(run_dir) / "final" / "sae_weights.safetensors"))
+
+def _script(*args):
+    return [sys.executable, str(HERE / "_train_run.py"), *map(str, args)]
+
+@pytest.fixture(scope="module")
+def reference(store, tmp_path_factory):
+    "The uninterrupted single-process run (120 steps of 64 rows, TopK k=4, AuxK active, cosine schedule)."
+    out = tmp_path_factory.mktemp("ref") / "run"
+    tr = make_trainer(store.path, out)
+    tr.train()
+    return out, tr
+
+def test_uninterrupted_run_learns(reference):
+    out, tr = reference
+    h = [r for r in tr.history if "fvu" in r]
+    assert h[-1]["fvu"] < h[0]["fvu"]                       # it trains
+    assert all(abs(r["l0"] - 4) < 1e-9 for r in h)         # TopK: exactly k active per row
+    assert any(r.get("auxk", 0) > 0 for r in h)            # dead latents appeared and AuxK worked on them
+    assert tr.step == 120 and latest_checkpoint(out).name == "step-00000120"
+
+def test_sigkill_mid_checkpoint_then_resume_is_bit_exact(store, reference, tmp_path):
+    ref_out, _ = reference
+    out = tmp_path / "run"
+    # the 8th safetensors write is the 2nd file of the 3rd checkpoint (step 60): killed mid-checkpoint
+    r = subprocess.run(_script(store.path, out, "--kill-in-write", 8), capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert latest_checkpoint(out).name == "step-00000040"   # the half-written step-60 is not taken as complete
+    tr = make_trainer(store.path, out, resume=True)
+    tr.train()
+    ref, got = _weights(ref_out), _weights(out)
+    assert ref.keys() == got.keys()
+    for k in ref: assert torch.equal(ref[k], got[k]), k
+    # the optimizer moments and history match too
+    a, b = latest_checkpoint(ref_out), latest_checkpoint(out)
+    oa, ob = load_file(str(a / "optimizer.safetensors")), load_file(str(b / "optimizer.safetensors"))
+    for k in oa: assert torch.equal(oa[k], ob[k]), k
+    assert json.loads((a / "trainer.json").read_text())["history"] == json.loads((b / "trainer.json").read_text())["history"]
+
+def test_torchrun_two_ranks_match_single_process(store, tmp_path):
+    "40 steps of 64 rows: 2 gloo ranks reading 32 rows each vs one process reading all 64."
+    ref_out, out = tmp_path / "single", tmp_path / "ddp"
+    make_trainer(store.path, ref_out, steps=40).train()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(HERE / "_train_run.py"), str(store.path), str(out), "--steps", "40"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref, got = _weights(ref_out), _weights(out)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        rel = float((ref[k] - got[k]).norm() / ref[k].norm().clamp_min(1e-12))
+        assert rel < 1e-4, (k, rel)
+
+def test_dataloader_mode_resume_is_bit_exact(tmp_path):
+    "The original DataLoader interface: stop mid-epoch, resume, same weights as one uninterrupted run."
+    g = torch.Generator().manual_seed(1)
+    data = torch.randn(500, 16, generator=g) * torch.linspace(0.2, 2, 16)
+    def run(out, stop_at=None, resume=False):
+        loader = torch.utils.data.DataLoader(data, batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(3))
+        torch.manual_seed(0)
+        sae = SparseAutoencoder(16, 64, beta_l1=0.01)
+        def stop(tr):
+            if tr.step == stop_at: raise KeyboardInterrupt
+        tr = SAETrainer(sae, train_dataloader=loader, epochs=3, lr=1e-2, out_dir=out, checkpoint_steps=7,
+                        progress=False, callbacks=[stop], resume_from=out if resume else None, lrs_type="linear")
+        try: tr.train()
+        except KeyboardInterrupt: pass
+        return tr
+    full = run(tmp_path / "a")
+    run(tmp_path / "b", stop_at=14)                         # epoch 1, batch 4: a checkpoint step
+    resumed = run(tmp_path / "b", resume=True)
+    assert resumed.step == full.step == 30
+    for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()): assert torch.equal(p, q), n
+
+def test_evaluate_matches_hand_fvu(store, reference):
+    _, tr = reference
+    ev = store.split(0.9)[1]
+    tr.eval_store, tr.eval_tokens = ev, None
+    got = tr.evaluate()
+    x = ev.get(slice(None), HOOK).double()
+    with torch.no_grad(): x_hat, z, _ = tr.model(x.float())
+    fvu = float(((x - x_hat.double()) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+    assert abs(got["eval_fvu"] - fvu) < 1e-5 and abs(got["eval_l0"] - 4) < 1e-9
+
+def test_b_dec_starts_at_geometric_median(store, tmp_path):
+    sae = SparseAutoencoder(32, 64, k=4)
+    tr = SAETrainer(sae, store=store, total_tokens=64, batch_size=64, out_dir=tmp_path, save_checkpoints=False,
+                    progress=False, lr=0.0, lrs_type=None, warmup_fraction=0.0)
+    tr._init_b_dec()
+    x = store.get(slice(None), HOOK).double()
+    # Weiszfeld's fixed point: the distance-weighted mean of the data is the point itself
+    w = 1 / (x - sae.b_dec.detach().double()).norm(dim=1)
+    fixed = (w[:, None] * x).sum(0) / w.sum()
+    assert torch.allclose(fixed.float(), sae.b_dec.detach(), atol=1e-4)
+    assert (x - sae.b_dec.detach().double()).norm(dim=1).sum() < (x - x.mean(0)).norm(dim=1).sum()
+
+# ---- bad input: clear errors, checkpoints kept ---------------------------------------------------------------
+
+def _digest(d: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
+
+def test_d_in_mismatch(store, reference):
+    ref_out, _ = reference
+    ck = latest_checkpoint(ref_out); before = _digest(ck)
+    with pytest.raises(ValueError, match=r"d_in mismatch.*width 32.*d_in=16"):
+        SAETrainer(SparseAutoencoder(16, 64, k=4), store=store, out_dir=ref_out, resume_from=ref_out, progress=False)
+    loader = torch.utils.data.DataLoader(torch.randn(40, 24), batch_size=8)
+    tr = SAETrainer(SparseAutoencoder(16, 64, k=4), train_dataloader=loader, epochs=1, save_checkpoints=False,
+                    progress=False, b_dec_init=None)
+    with pytest.raises(ValueError, match=r"d_in mismatch at step 0.*width 24.*d_in=16"): tr.train()
+    assert _digest(ck) == before
+
+def test_nan_in_batch_names_step_and_keeps_checkpoint(store, tmp_path):
+    bad = tmp_path / "bad_store"; shutil.copytree(store.path, bad)
+    f = next(bad.glob(f"acts-{HOOK}-*.safetensors"))
+    acts = load_file(str(f))["acts"].clone(); acts[1234, 5] = float("nan")
+    save_file({"acts": acts}, str(f))
+    out = tmp_path / "run"
+    sae = SparseAutoencoder(32, 128, k=4)
+    tr = SAETrainer(sae, store=bad, batch_size=64, total_tokens=64 * 200, lr=1e-3, out_dir=out, checkpoint_steps=5,
+                    b_dec_init=None, progress=False)
+    with pytest.raises(ValueError, match=r"NaN/Inf in the training batch at step (\d+).*1234") as e:
+        tr.train()
+    import re
+    step = int(re.search(r"step (\d+)", str(e.value)).group(1))
+    assert 1234 in tr.stream.rows(step).tolist() and all(1234 not in tr.stream.rows(s).tolist() for s in range(step))
+    ck = latest_checkpoint(out)
+    assert ck is not None and int(ck.name.split("-")[1]) == step // 5 * 5
+    assert all(torch.isfinite(v).all() for v in load_file(str(ck / "model.safetensors")).values())
+
+def test_resume_with_different_config_is_refused(store, reference):
+    ref_out, _ = reference
+    ck = latest_checkpoint(ref_out); before = _digest(ck)
+    tr = make_trainer(store.path, ref_out, resume=True, batch=32)
+    with pytest.raises(ValueError, match=r"different configuration[\s\S]*batch_size: 64 in the checkpoint, 32 now"):
+        tr.train()
+    assert _digest(ck) == before
+
+def test_config_from_yaml(tmp_path):
+    p = tmp_path / "sae.yaml"
+    p.write_text("input_dims: 32\nn_features: 96\nactivation: relu\ninput_norm: false\nk: 8\n")
+    sae = SparseAutoencoder(**SAETrainer.config_from_yaml(p))
+    assert (sae.d_in, sae.d_sae, sae.k, sae.architecture) == (32, 96, 8, "topk")
+    with pytest.raises(ValueError, match="mapping"):
+        (tmp_path / "bad.yaml").write_text("- 1\n- 2\n"); SAETrainer.config_from_yaml(tmp_path / "bad.yaml")
+
+def test_train_main_cli(store, tmp_path, capsys):
+    from deeplens.train import train_main
+    out = tmp_path / "cli"
+    args = ["--store", str(store.path), "--arch", "topk", "--k", "4", "--expansion", "4", "--tokens", "1280",
+            "--batch-size", "64", "--out", str(out), "--no-progress", "--eval-fraction", "0.1", "--eval-steps", "10"]
+    assert train_main(args) == 0
+    assert "held-out FVU" in capsys.readouterr().out
+    sae = SparseAutoencoder.load(out / "final")
+    assert (sae.d_in, sae.d_sae, sae.k) == (32, 128, 4)
+    assert (out / "best").is_dir() and latest_checkpoint(out).name == "step-00000020"
+    w = _weights(out)
+    assert train_main(args + ["--resume"]) == 0                   # already complete: resumes at the end, no change
+    for k, v in _weights(out).items(): assert torch.equal(v, w[k])
