@@ -939,8 +939,10 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'deeplens.train._set_rng': ('train.html#_set_rng', 'deeplens/train.py'),
                                 'deeplens.train._train': ('train.html#_train', 'deeplens/train.py'),
                                 'deeplens.train._write_json': ('train.html#_write_json', 'deeplens/train.py'),
+                                'deeplens.train.configure_train': ('train.html#configure_train', 'deeplens/train.py'),
                                 'deeplens.train.geometric_median': ('train.html#geometric_median', 'deeplens/train.py'),
                                 'deeplens.train.latest_checkpoint': ('train.html#latest_checkpoint', 'deeplens/train.py'),
                                 'deeplens.train.optimizer_from_flat': ('train.html#optimizer_from_flat', 'deeplens/train.py'),
                                 'deeplens.train.optimizer_to_flat': ('train.html#optimizer_to_flat', 'deeplens/train.py'),
+                                'deeplens.train.run_train': ('train.html#run_train', 'deeplens/train.py'),
                                 'deeplens.train.train_main': ('train.html#train_main', 'deeplens/train.py')}}}

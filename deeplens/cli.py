@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 import deeplens
+from .train import configure_train, run_train
 
 # %% auto #0
 __all__ = ['COMMANDS', 'CLIError', 'hook_kinds', 'info', 'parse_count', 'extract', 'build_parser', 'main']
@@ -214,6 +215,7 @@ def _run_extract(args) -> int:
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "info": ("load a model; print its load time, config, hook sites and a greedy completion", _configure_info, _run_info),
     "extract": ("write the activations at some hooks over a corpus to an ActivationStore (torchrun-ready)", _configure_extract, _run_extract),
+    "train": ("train a sparse autoencoder on one hook of an ActivationStore (torchrun: DDP)", configure_train, run_train),
 }
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['StoreStream', 'geometric_median', 'LRSchedule', 'optimizer_to_flat', 'optimizer_from_flat', 'latest_checkpoint',
-           'SAETrainer', 'train_main']
+           'SAETrainer', 'configure_train', 'run_train', 'train_main']
 
 # %% ../nbs/21_train.ipynb #27d9bb4e
 def _epoch_perm(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -713,10 +713,9 @@ def _config_from_yaml(path) -> dict:
 SAETrainer.config_from_yaml = staticmethod(_config_from_yaml)
 
 # %% ../nbs/21_train.ipynb #d4c470c4
-def train_main(argv: list[str] | None = None) -> int:
-    "`deeplens train --store DIR --hook H --arch topk --k 32 --expansion 8 --tokens N --out DIR [--resume]`."
-    from deeplens.sae import SparseAutoencoder, ARCHITECTURES
-    ap = argparse.ArgumentParser(prog="deeplens train", description="Train a sparse autoencoder on an ActivationStore.")
+def configure_train(ap: argparse.ArgumentParser):
+    "Arguments of `deeplens train --store DIR --hook H --arch topk --k 32 --expansion 8 --tokens N --out DIR [--resume]`."
+    from deeplens.sae import ARCHITECTURES
     ap.add_argument("--store", required=True, help="ActivationStore directory")
     ap.add_argument("--hook", help="hook to train on (default: the store's only hook)")
     ap.add_argument("--arch", default="topk", choices=ARCHITECTURES)
@@ -737,12 +736,15 @@ def train_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="run directory (checkpoints/, final/, best/)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint (if any)")
     ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
+
+def run_train(a) -> int:
+    "Train the SAE `configure_train`'s arguments describe; print its final metrics."
+    from deeplens.sae import SparseAutoencoder
     from deeplens.store import ActivationStore
     store = ActivationStore(a.store)
     hook = a.hook or (store.hooks[0] if len(store.hooks) == 1 else None)
-    if hook is None: ap.error(f"the store holds several hooks {store.hooks}: choose one with --hook")
-    if hook not in store.hooks: ap.error(f"--hook {hook!r} is not in the store; it holds {store.hooks}")
+    if hook is None: raise ValueError(f"the store holds several hooks {store.hooks}: choose one with --hook")
+    if hook not in store.hooks: raise ValueError(f"--hook {hook!r} is not in the store; it holds {store.hooks}")
     train_rows, eval_rows = (store.split(1 - a.eval_fraction) if a.eval_fraction > 0 else (store, None))
     d = store.widths[hook]
     kw = {"k": a.k} if a.arch in ("topk", "batchtopk") else ({"beta_l1": a.beta_l1} if a.beta_l1 is not None else {})
@@ -762,3 +764,9 @@ def train_main(argv: list[str] | None = None) -> int:
               + (f"; held-out FVU {ev['eval_fvu']:.4f}" if ev else "") + f"; SAE in {Path(a.out) / 'final'}")
     if tr.world > 1: tr._dist.destroy_process_group()
     return 0
+
+def train_main(argv: list[str] | None = None) -> int:
+    "`deeplens train ...` as a function (the CLI's `train` subcommand uses the same two pieces)."
+    ap = argparse.ArgumentParser(prog="deeplens train", description="Train a sparse autoencoder on an ActivationStore.")
+    configure_train(ap)
+    return run_train(ap.parse_args(argv))

@@ -198,3 +198,17 @@ def test_train_main_cli(store, tmp_path, capsys):
     w = _weights(out)
     assert train_main(args + ["--resume"]) == 0                   # already complete: resumes at the end, no change
     for k, v in _weights(out).items(): assert torch.equal(v, w[k])
+
+def test_deeplens_train_command_equals_train_main(store, tmp_path, capsys):
+    "`deeplens train` (the CLI subcommand) trains the same SAE as `train_main` with the same arguments."
+    from deeplens.cli import main
+    from deeplens.train import train_main
+    args = ["--store", str(store.path), "--arch", "topk", "--k", "4", "--expansion", "2", "--tokens", "640",
+            "--batch-size", "64", "--no-progress"]
+    main(["train", *args, "--out", str(tmp_path / "a")])
+    assert train_main(args + ["--out", str(tmp_path / "b")]) == 0
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit) as e: main(["train", *args, "--hook", "blocks.9.hook_nope", "--out", str(tmp_path / "c")])
+    assert e.value.code == 2 and "not in the store" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
