@@ -12,3 +12,13 @@ from deeplens.evals import evaluate_sae, sae_metrics
 from deeplens.steering import SteeringVector, generate_with_steering, evaluate_steering
 from deeplens.heads import (CausalHeadGating, CHGResult, head_scores, induction_scores, previous_token_scores,
                             duplicate_token_scores)
+from deeplens.train import SAETrainer
+from deeplens.features import feature_stats, max_activating_examples, feature_logits, feature_summary
+from deeplens.intervene import InterveneFeatures, ReinjectSingleSample, splice_sae, steer_features
+from deeplens.analysis import get_top_k_tokens, plot_topk_distribution, generate_feature_heatmap
+from deeplens.lens import logit_lens, TunedLens, LensResult
+from deeplens.patching import (activation_patching, path_patching, attribution_patching, logit_diff, prob, kl,
+                               normalized_effect)
+from deeplens.attribution import (direct_logit_attribution, integrated_gradients, sentence_importance,
+                                  neuron_attribution)
+from deeplens.analyzer import ModelAnalyzer, ActivationRecord, score, trace
