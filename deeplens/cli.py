@@ -211,11 +211,27 @@ def _run_extract(args) -> int:
             model_dtype=args.model_dtype, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     return 0
 
+# %% ../nbs/70_cli.ipynb #337c7e33
+def _configure_demo(p: argparse.ArgumentParser):
+    p.add_argument("--model", default=None, help="a local HF model directory, a .gguf file or a hub id (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--layer", type=int, default=None, help="block whose hook_resid_post the SAE reads (default: the middle one)")
+    p.add_argument("--tokens", type=parse_count, default=50_000, metavar="N", help="activation rows to extract (default 50k)")
+    p.add_argument("--epochs", type=int, default=4, help="passes of SAE training over the extracted rows (default 4)")
+    p.add_argument("--out", default="deeplens-demo", metavar="DIR", help="output directory: store, SAE, report.html (default ./deeplens-demo)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+def _run_demo(args) -> int:
+    from deeplens.demo import run_demo
+    run_demo(args.model, layer=args.layer, n_tokens=args.tokens, out_dir=args.out, epochs=args.epochs,
+             progress=not args.no_progress)
+    return 0
+
 # %% ../nbs/70_cli.ipynb #b342d15a
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "info": ("load a model; print its load time, config, hook sites and a greedy completion", _configure_info, _run_info),
     "extract": ("write the activations at some hooks over a corpus to an ActivationStore (torchrun-ready)", _configure_extract, _run_extract),
     "train": ("train a sparse autoencoder on one hook of an ActivationStore (torchrun: DDP)", configure_train, run_train),
+    "demo": ("the whole pipeline on the default model: extract, train an SAE, evaluate, features, steering, HTML report", _configure_demo, _run_demo),
 }
 
 def build_parser() -> argparse.ArgumentParser:
