@@ -1004,6 +1004,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'deeplens.train._set_rng': ('train.html#_set_rng', 'deeplens/train.py'),
                                 'deeplens.train._train': ('train.html#_train', 'deeplens/train.py'),
                                 'deeplens.train._write_json': ('train.html#_write_json', 'deeplens/train.py'),
+                                'deeplens.train.close': ('train.html#close', 'deeplens/train.py'),
                                 'deeplens.train.configure_train': ('train.html#configure_train', 'deeplens/train.py'),
                                 'deeplens.train.geometric_median': ('train.html#geometric_median', 'deeplens/train.py'),
                                 'deeplens.train.latest_checkpoint': ('train.html#latest_checkpoint', 'deeplens/train.py'),

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['StoreStream', 'geometric_median', 'LRSchedule', 'optimizer_to_flat', 'optimizer_from_flat', 'latest_checkpoint',
-           'SAETrainer', 'configure_train', 'run_train', 'train_main']
+           'SAETrainer', 'close', 'configure_train', 'run_train', 'train_main']
 
 # %% ../nbs/21_train.ipynb #27d9bb4e
 def _epoch_perm(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -593,6 +593,17 @@ def _load_checkpoint(self: SAETrainer, path):
     self._initialised = True
     return ck
 
+def close(self: SAETrainer):
+    """Leave the process group cleanly after DDP training: wait for every rank, free the DDP reducer (it holds
+    the group), then destroy the group. Without this, gloo can hang at interpreter exit joining its threads."""
+    if self.world > 1 and self._dist.is_initialized():
+        self._dist.barrier()
+        self.ddp = None
+        import gc; gc.collect()
+        self._dist.destroy_process_group()
+
+SAETrainer.close = close
+
 def _save_sae(self: SAETrainer, name: str) -> Path:
     "Save the SAE itself (its own `save(dir)` format when it has one) to `out_dir/name/`, atomically."
     d = self.out_dir / name; tmp = self.out_dir / (name + ".tmp")
@@ -762,7 +773,7 @@ def run_train(a) -> int:
         print(f"trained {tr.step * tr.batch_size:,} tokens: FVU {last.get('fvu', float('nan')):.4f}, "
               f"L0 {last.get('l0', float('nan')):.1f}, dead {100 * last.get('dead_frac', 0):.1f}%"
               + (f"; held-out FVU {ev['eval_fvu']:.4f}" if ev else "") + f"; SAE in {Path(a.out) / 'final'}")
-    if tr.world > 1: tr._dist.destroy_process_group()
+    tr.close()
     return 0
 
 def train_main(argv: list[str] | None = None) -> int:

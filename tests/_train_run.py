@@ -49,7 +49,7 @@ def main():
     tr = make_trainer(a.store, a.out, steps=a.steps, batch=a.batch, arch=a.arch, resume=a.resume, callbacks=cbs,
                       checkpoint_steps=a.checkpoint_steps, dead_tokens=a.dead_tokens)
     tr.train()
-    if tr.world > 1: torch.distributed.destroy_process_group()
+    tr.close()
 
 if __name__ == "__main__":
     main()
