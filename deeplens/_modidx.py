@@ -388,6 +388,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'deeplens.demo.chart_svg': ('demo.html#chart_svg', 'deeplens/demo.py'),
                                'deeplens.demo.density_chart': ('demo.html#density_chart', 'deeplens/demo.py'),
                                'deeplens.demo.html_table': ('demo.html#html_table', 'deeplens/demo.py'),
+                               'deeplens.demo.pick_features': ('demo.html#pick_features', 'deeplens/demo.py'),
                                'deeplens.demo.run_demo': ('demo.html#run_demo', 'deeplens/demo.py'),
                                'deeplens.demo.steering_chart': ('demo.html#steering_chart', 'deeplens/demo.py'),
                                'deeplens.demo.training_chart': ('demo.html#training_chart', 'deeplens/demo.py'),

@@ -19,7 +19,8 @@ from .features import feature_stats, max_activating_examples, feature_logits
 from .intervene import steer_features
 
 # %% auto #0
-__all__ = ['chart_svg', 'html_table', 'write_report', 'training_chart', 'density_chart', 'steering_chart', 'run_demo']
+__all__ = ['chart_svg', 'html_table', 'write_report', 'training_chart', 'density_chart', 'steering_chart', 'pick_features',
+           'run_demo']
 
 # %% ../nbs/65_demo.ipynb #6d01d468
 def chart_svg(chart) -> str:
@@ -93,6 +94,15 @@ def _steer_rows(model, sae, feature, alpha, prompt, token_ids):
         rows += [{"token": repr(model.tokenizer.decode([i])), "run": run, "probability": float(p[i])} for i in token_ids]
     return rows
 
+def pick_features(stats, n: int) -> list[int]:
+    """Features worth showing: firing on 0.1–10% of tokens, leaving out the few whose maximum is over 10× the
+    median maximum (they track the residual stream's rare massive activations, not text), most frequent first."""
+    live = torch.nonzero((stats.density > 1e-3) & (stats.density < 0.1)).flatten()
+    if len(live) == 0: raise ValueError("no feature fires on 0.1-10% of tokens; train longer or on more tokens")
+    mx = stats.max_activation[live]
+    live = live[mx <= 10 * mx.median()]
+    return live[stats.density[live].argsort(descending=True)][:n].tolist()
+
 def run_demo(model=None, layer: int | None = None, n_tokens: int = 50_000, out_dir="deeplens-demo", *,
              expansion: int = 8, k: int = 32, epochs: int = 4, batch_size: int = 1024, lr: float = 1e-3,
              eval_tokens: int = 4096, n_features: int = 4, prompt: str = "The best way to learn Python is",
@@ -128,9 +138,7 @@ def run_demo(model=None, layer: int | None = None, n_tokens: int = 50_000, out_d
 
     _say(f"4/5 feature statistics and max-activating examples")
     stats = feature_stats(sae, store, hook, k=10, progress=progress)
-    live = torch.nonzero((stats.density > 1e-3) & (stats.density < 0.1)).flatten()
-    order = live[stats.max_activation[live].argsort(descending=True)]
-    shown = order[:n_features].tolist()
+    shown = pick_features(stats, n_features)
     logits = {r["feature"]: r for r in feature_logits(sae, m, shown, k=8)}
     words = lambda ids: [m.tokenizer.decode([i]) for i in ids.tolist()]
     feats = []
@@ -142,7 +150,7 @@ def run_demo(model=None, layer: int | None = None, n_tokens: int = 50_000, out_d
 
     _say("5/5 steering a generation with the first feature")
     f0 = shown[0]
-    alpha = 4.0 * float(stats.max_activation[f0])
+    alpha = 3.0 * float(stats.max_activation[f0])
     plain = m.generate(prompt, max_new_tokens=20)
     with steer_features(m, sae, {f0: alpha}, mode="add"):
         steered = m.generate(prompt, max_new_tokens=20)
