@@ -794,6 +794,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'deeplens.patching._node': ('patching.html#_node', 'deeplens/patching.py'),
                                    'deeplens.patching._node_label': ('patching.html#_node_label', 'deeplens/patching.py'),
                                    'deeplens.patching._pair': ('patching.html#_pair', 'deeplens/patching.py'),
+                                   'deeplens.patching._plan': ('patching.html#_plan', 'deeplens/patching.py'),
                                    'deeplens.patching._progress': ('patching.html#_progress', 'deeplens/patching.py'),
                                    'deeplens.patching._reaches': ('patching.html#_reaches', 'deeplens/patching.py'),
                                    'deeplens.patching._receiver_hook': ('patching.html#_receiver_hook', 'deeplens/patching.py'),

@@ -378,6 +378,17 @@ def _baselines(model, clean_ids, corr_ids, names):
             lc, lr = model(clean_ids), model(corr_ids)
     return lc, lr, cc, cr
 
+def _plan(model, clean, corrupted, sites, positions, heads, layers):
+    "Checked inputs of a patching run: short site names, the token pair, layers, positions, cells and their hooks."
+    if isinstance(sites, str): sites = (sites,)
+    sites = [_short(s) for s in sites]
+    clean_ids, corr_ids = _pair(model, clean, corrupted)
+    layers = _check_layers(model, layers)
+    pos_list = _check_positions(positions, clean_ids.shape[1])
+    cells = _cells(model, sites, layers, pos_list, heads)
+    names = list(dict.fromkeys(c.hook_name() for c in cells))
+    return sites, clean_ids, corr_ids, layers, pos_list, cells, names
+
 def _progress(total, progress, desc):
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, disable=not (progress if progress is not None else total >= 20), leave=False)
@@ -388,14 +399,8 @@ def activation_patching(model: HookedModel, clean, corrupted, metric, sites=("re
     """Patch each (site, layer, position[, head]) cell from one run into the other, many cells per forward.
     Returns a `PatchingResult` (one site) or `PatchingResults` (several)."""
     if direction not in ("denoise", "noise"): raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
-    if isinstance(sites, str): sites = (sites,)
-    sites = [_short(s) for s in sites]
-    clean_ids, corr_ids = _pair(model, clean, corrupted)
-    N, P = clean_ids.shape
-    layers = _check_layers(model, layers)
-    pos_list = _check_positions(positions, P)
-    cells = _cells(model, sites, layers, pos_list, heads)
-    names = list(dict.fromkeys(c.hook_name() for c in cells))
+    sites, clean_ids, corr_ids, layers, pos_list, cells, names = _plan(model, clean, corrupted, sites, positions, heads, layers)
+    N = clean_ids.shape[0]
     model.names(names)                                        # a site this architecture lacks → clear error
     if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     lc, lr, cc, cr = _baselines(model, clean_ids, corr_ids, names)
@@ -595,14 +600,8 @@ def path_patching(model: HookedModel, clean, corrupted, senders, receivers, metr
 def attribution_patching(model: HookedModel, clean, corrupted, metric, sites=("resid_pre",), positions="each",
                          heads=None, layers=None):
     "First-order estimate of denoising activation patching for every cell: (a_clean − a_corrupt)·∂metric/∂a, two forwards + one backward."
-    if isinstance(sites, str): sites = (sites,)
-    sites = [_short(s) for s in sites]
-    clean_ids, corr_ids = _pair(model, clean, corrupted)
-    N, P = clean_ids.shape
-    layers = _check_layers(model, layers)
-    pos_list = _check_positions(positions, P)
-    cells = _cells(model, sites, layers, pos_list, heads)
-    names = list(dict.fromkeys(c.hook_name() for c in cells))
+    sites, clean_ids, corr_ids, layers, pos_list, cells, names = _plan(model, clean, corrupted, sites, positions, heads, layers)
+    N = clean_ids.shape[0]
     model.names(names)
     with torch.no_grad(): lc, cc = model.run_with_cache(clean_ids, names)           # forward 1: clean activations
     box = {}
