@@ -17,17 +17,12 @@ from .train import SAETrainer
 from .evals import evaluate_sae
 from .features import feature_stats, max_activating_examples, feature_logits
 from .intervene import steer_features
+from .charts import to_svg, training_curves, density_histogram
 
 # %% auto #0
-__all__ = ['chart_svg', 'html_table', 'write_report', 'training_chart', 'density_chart', 'steering_chart', 'pick_features',
-           'run_demo']
+__all__ = ['html_table', 'write_report', 'steering_chart', 'pick_features', 'run_demo']
 
 # %% ../nbs/65_demo.ipynb #6d01d468
-def chart_svg(chart) -> str:
-    "An altair chart as an inline SVG string (offline: vl-convert bundles Vega)."
-    import vl_convert
-    return vl_convert.vegalite_to_svg(chart.to_dict())
-
 def html_table(rows: list[dict], columns: list[str] | None = None) -> str:
     "A list of dicts as an HTML table (cells escaped)."
     if not rows: return "<p><em>none</em></p>"
@@ -55,23 +50,6 @@ def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> Pat
     return path
 
 # %% ../nbs/65_demo.ipynb #c1e84442
-def training_chart(history: list[dict]):
-    "FVU and L0 against training tokens."
-    import altair as alt, pandas as pd
-    rows = [{"tokens": r["tokens"], "metric": m, "value": r[m]} for r in history for m in ("fvu", "l0") if m in r]
-    base = alt.Chart(pd.DataFrame(rows)).mark_line(point=True).encode(x=alt.X("tokens:Q", title="training tokens"),
-                                                                    y=alt.Y("value:Q", title=None))
-    return base.properties(width=300, height=180).facet(column=alt.Column("metric:N", title=None)).resolve_scale(y="independent")
-
-def density_chart(density: torch.Tensor):
-    "Histogram of log10 firing density over features (dead features counted apart in the title)."
-    import altair as alt, pandas as pd
-    live = density[density > 0]
-    df = pd.DataFrame({"log10_density": torch.log10(live).numpy()})
-    return alt.Chart(df, title=f"feature density ({int((density == 0).sum())} dead of {len(density)})").mark_bar().encode(
-        x=alt.X("log10_density:Q", bin=alt.Bin(maxbins=40), title="log10 firing density"),
-        y=alt.Y("count():Q", title="features")).properties(width=500, height=200)
-
 def steering_chart(rows: list[dict]):
     "Probability of the feature's top logit tokens before and after steering."
     import altair as alt, pandas as pd
@@ -180,10 +158,10 @@ def _write(out: Path, m, trainer, stats, r: dict):
     steer = (f"<p>Adding {r['steer_alpha']:.3g} × the decoder direction of feature {r['steer_feature']} at "
              f"<code>{html.escape(r['hook'])}</code>, every position.</p>"
              + html_table([{"run": "plain", "text": r["generation"]}, {"run": "steered", "text": r["steered_generation"]}])
-             + (f"<div class='fig'>{chart_svg(steering_chart(r['steer_probabilities']))}</div>" if r["steer_probabilities"] else ""))
+             + (f"<div class='fig'>{to_svg(steering_chart(r['steer_probabilities']))}</div>" if r["steer_probabilities"] else ""))
     sections = [("Run", html_table(metrics)),
-                ("Training", f"<div class='fig'>{chart_svg(training_chart(trainer.history))}</div>"),
-                ("Features", f"<div class='fig'>{chart_svg(density_chart(stats.density))}</div>" + feats),
+                ("Training", f"<div class='fig'>{to_svg(training_curves(trainer, metrics=['fvu', 'l0']))}</div>"),
+                ("Features", f"<div class='fig'>{to_svg(density_histogram(stats))}</div>" + feats),
                 ("Steering", steer)]
     write_report(out / "report.html", f"deeplens demo: {r['model']} {r['hook']}", sections)
     tmp = out / ".summary.json.tmp"
