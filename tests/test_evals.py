@@ -1,35 +1,23 @@
 """deeplens.evals: metrics against hand computations; CE loss recovered / KL against plain transformers runs."""
 import os, sys
 sys.path.insert(0, os.path.dirname(__file__))
+from tiny import text_llama
 import pytest
 import torch
 import torch.nn.functional as F
-import transformers as T
-from transformers import AutoTokenizer
-from deeplens.model import load_model, default_model_path
+from deeplens.model import load_model
 from deeplens.sae import SparseAutoencoder
 from deeplens.evals import sae_metrics, evaluate_sae
 from deeplens.store import ActivationStore
 
 HOOK = "blocks.0.hook_resid_post"
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-@pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(default_model_path())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny(tok):
     "A tiny random Llama with the default model's tokenizer (so texts and stores work)."
-    torch.manual_seed(0)
-    cfg = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=128)
-    return load_model(T.AutoModelForCausalLM.from_config(cfg).eval(), tokenizer=tok, verbose=False)
+    return load_model(text_llama(tok), tokenizer=tok, verbose=False)
 
 @pytest.fixture(scope="module")
 def docs():

@@ -2,10 +2,9 @@
 against a fresh forward; logit directions against a hand computation."""
 import os, sys, warnings
 sys.path.insert(0, os.path.dirname(__file__))
+from tiny import text_llama
 import pytest
 import torch
-import transformers as T
-from transformers import AutoTokenizer
 from deeplens.model import load_model, default_model_path
 from deeplens.sae import SparseAutoencoder
 from deeplens.store import ActivationStore
@@ -14,19 +13,11 @@ from deeplens.features import (feature_stats, activation_histogram, max_activati
 
 HOOK = "blocks.1.hook_resid_post"
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
-def tiny():
-    tok = AutoTokenizer.from_pretrained(default_model_path())
-    torch.manual_seed(0)
-    cfg = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=64)
-    hf = T.AutoModelForCausalLM.from_config(cfg).eval()
+def tiny(tok):
+    hf = text_llama(tok, n_ctx=64)
     with torch.no_grad():
         for n, p in hf.named_parameters():
             if p.ndim >= 2: p.normal_(0, 0.3)

@@ -12,12 +12,7 @@ from deeplens.heads import (head_scores, induction_scores, previous_token_scores
                             repeated_token_loss, top_heads, gate_hooks, CausalHeadGating, CHGResult, toy_previous_token_model,
                             _examples)
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "The test machines are small and shared: one intra-op thread avoids oversubscription (restored afterwards)."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def smol():

@@ -2,12 +2,11 @@
 transformers runs and `evaluate_sae`; real steering on the default model."""
 import os, sys, warnings
 sys.path.insert(0, os.path.dirname(__file__))
+from tiny import text_llama
 import pytest
 import torch
 import torch.nn.functional as F
-import transformers as T
-from transformers import AutoTokenizer
-from deeplens.model import load_model, default_model_path
+from deeplens.model import load_model
 from deeplens.sae import SparseAutoencoder
 from deeplens.evals import evaluate_sae
 from deeplens.extractor import ExtractSingleSample
@@ -15,23 +14,12 @@ from deeplens.intervene import InterveneFeatures, ReinjectSingleSample, splice_s
 
 TEXT = "The quick brown fox jumps over the lazy dog because it wants to"
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-@pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(default_model_path())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny(tok):
     "A tiny random Llama with the default model's tokenizer."
-    torch.manual_seed(0)
-    cfg = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=128)
-    hf = T.AutoModelForCausalLM.from_config(cfg).eval()
+    hf = text_llama(tok)
     with torch.no_grad():
         for n, p in hf.named_parameters():
             if p.ndim >= 2: p.normal_(0, 0.3)

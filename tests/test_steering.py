@@ -16,12 +16,7 @@ PROMPTS = ["Today I feel", "Right now I am", "After the news, she was", "He look
 NEUTRAL = ["The function returns a list of integers sorted in ascending order.",
            "Water boils at one hundred degrees Celsius at sea level."]
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "The test machines are small and shared: one intra-op thread avoids oversubscription (restored afterwards)."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def smol():

@@ -2,39 +2,24 @@
 import json, os, signal, subprocess, sys, time, warnings
 from pathlib import Path
 sys.path.insert(0, os.path.dirname(__file__))
+from tiny import text_llama
 import numpy as np
 import pytest
 import torch
-import transformers as T
-from transformers import AutoTokenizer
 import deeplens.store as store_mod
-from deeplens.model import HookedModel, load_model, default_model_path
+from deeplens.model import HookedModel, load_model
 from deeplens.store import ActivationStore, NonFiniteActivations
 
 HERE = Path(__file__).parent
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.mlp.hook_post"]
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "Tiny models run fastest single-threaded on a shared machine; restore the setting afterwards."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(default_model_path())
-
-def _tiny_llama(tok, seed=0):
-    torch.manual_seed(seed)
-    cfg = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=128)
-    return T.AutoModelForCausalLM.from_config(cfg).eval()
 
 @pytest.fixture(scope="module")
 def tiny_dir(tok, tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_model")
-    _tiny_llama(tok).save_pretrained(d); tok.save_pretrained(d)
+    text_llama(tok).save_pretrained(d); tok.save_pretrained(d)
     return d
 
 @pytest.fixture(scope="module")
@@ -267,7 +252,7 @@ def test_existing_store_refused_unless_overwrite(tiny, tok, docs, tmp_path):
     out = tmp_path / "s"
     ActivationStore.build(tiny, docs, HOOKS, 300, out, context_size=32, progress=False)
     snapshot = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    other = HookedModel(_tiny_llama(tok, seed=1), tok)
+    other = HookedModel(text_llama(tok, seed=1), tok)
     with pytest.raises(ValueError, match="model_fingerprint"):
         ActivationStore.build(other, docs, HOOKS, 300, out, context_size=32, progress=False)
     with pytest.raises(ValueError, match="hooks"):

@@ -2,12 +2,11 @@
 import hashlib, json, os, shutil, signal, subprocess, sys
 from pathlib import Path
 sys.path.insert(0, os.path.dirname(__file__))
+from tiny import text_llama
 import pytest
 import torch
-import transformers as T
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer
-from deeplens.model import load_model, default_model_path
+from deeplens.model import load_model
 from deeplens.store import ActivationStore
 from deeplens.sae import SparseAutoencoder
 from deeplens.train import SAETrainer, latest_checkpoint
@@ -25,13 +24,9 @@ def deterministic():
     torch.set_num_threads(n); torch.use_deterministic_algorithms(det)
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tok, tmp_path_factory):
     "6,000 rows of width 32: a tiny random Llama run over real English (pydoc topics)."
-    tok = AutoTokenizer.from_pretrained(default_model_path())
-    torch.manual_seed(0)
-    cfg = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=128)
-    m = load_model(T.AutoModelForCausalLM.from_config(cfg).eval(), tokenizer=tok, verbose=False)
+    m = load_model(text_llama(tok), tokenizer=tok, verbose=False)
     from pydoc_data.topics import topics
     docs = [topics[k][:2000] for k in sorted(topics)[:80]]
     return ActivationStore.build(m, docs, [HOOK], 6000, tmp_path_factory.mktemp("s") / "store", context_size=64,

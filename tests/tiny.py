@@ -48,3 +48,10 @@ def eager_copy(hf):
 def tokens(batch=2, pos=7, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(1, COMMON["vocab_size"], (batch, pos), generator=g)
+
+def text_llama(tok, seed: int = 0, n_ctx: int = 128):
+    "A tiny random Llama (2 layers, d32) sized for tokenizer `tok`, so text, stores and generation work."
+    torch.manual_seed(seed)
+    cfg = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=n_ctx)
+    return T.AutoModelForCausalLM.from_config(cfg).eval()
