@@ -6,10 +6,9 @@ KL) with the SAE spliced into the model at its hook."""
 # %% ../nbs/22_evals.ipynb #3e4f685f
 from __future__ import annotations
 import math
-from typing import Iterable, Iterator
+from typing import Iterator
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .model import HookedModel
 from .store import ActivationStore, pack, _tokens_shard

@@ -227,12 +227,11 @@ def auxk_loss(self: SparseAutoencoder, x: torch.Tensor, x_hat: torch.Tensor, z_p
     return scale * (e_hat - e).pow(2).mean()
 
 def loss(self: SparseAutoencoder, x: torch.Tensor, *, dead_mask: torch.Tensor | None = None,
-         sparsity_scale: float = 1.0) -> tuple:
-    "→ `(total, parts)`: the training loss of this architecture and a dict of its detached terms."
-    z, pre, extra = _encode(self, x)
+         sparsity_scale: float = 1.0, return_outputs: bool = False) -> tuple:
+    """→ `(total, parts)`: the training loss of this architecture and a dict of its detached terms;
+    with `return_outputs`, `(total, parts, (x_hat, z, z_pre))` — the forward the loss was built from."""
+    x_hat, z, pre = forward(self, x)
     a = self.architecture
-    if a == "topk" and _sparse_ok(self): x_hat = _decode_sparse(*extra, self.W_dec) + self.b_dec
-    else: x_hat = z @ self.W_dec + self.b_dec
     xt = x.to(x_hat.dtype)
     mse = (x_hat - xt).pow(2).mean()
     parts, total = {"mse": mse}, mse
@@ -255,7 +254,8 @@ def loss(self: SparseAutoencoder, x: torch.Tensor, *, dead_mask: torch.Tensor | 
         total = total + self.auxk_coeff * parts["auxk"]
     parts["l0"] = (z != 0).sum(-1).float().mean()
     parts["loss"] = total
-    return total, {n: v.detach() for n, v in parts.items()}
+    parts = {n: v.detach() for n, v in parts.items()}
+    return (total, parts, (x_hat, z, pre)) if return_outputs else (total, parts)
 
 SparseAutoencoder.loss, SparseAutoencoder.auxk_loss = loss, auxk_loss
 

@@ -5,15 +5,15 @@ data-initialised `b_dec`, AuxK, L1 warm-up, dead-latent tracking, bit-exact resu
 
 # %% ../nbs/21_train.ipynb #39c05b77
 from __future__ import annotations
-import argparse, inspect, json, math, os, random, shutil, time, warnings
+import argparse, inspect, json, math, os, random, shutil, time
 from pathlib import Path
 from typing import Callable, Iterable
 import numpy as np
 import torch
 from torch import nn
-import torch.nn.functional as F
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
+from .sae import ARCHITECTURES, SparseAutoencoder, _atomic_write, _write_text
 
 # %% auto #0
 __all__ = ['StoreStream', 'geometric_median', 'LRSchedule', 'optimizer_to_flat', 'optimizer_from_flat', 'latest_checkpoint',
@@ -80,29 +80,16 @@ def _arch(sae: nn.Module) -> str:
     if getattr(sae, "k", None): return "topk"
     return "relu"
 
-_FAST = ("topk", "batchtopk", "relu")
-
 def _run_sae(sae: nn.Module, x: torch.Tensor, dead: torch.Tensor | None = None, sparsity_scale: float = 1.0):
-    """One training forward → (total loss, parts, x_hat, z). For relu/topk/batchtopk `SparseAutoencoder`s the
-    loss is assembled from one `forward` (the same terms as `sae.loss`), so the codes are available for
-    metrics without a second forward; other modules use `sae.loss` and a no-grad `forward` for metrics."""
-    a = getattr(sae, "architecture", None)
-    if a in _FAST and callable(getattr(sae, "auxk_loss", None)):
-        x_hat, z, pre = sae(x)
-        mse = (x_hat - x.to(x_hat.dtype)).pow(2).mean()
-        parts, total = {"mse": mse}, mse
-        if a == "relu":
-            l1 = (z.abs() * sae.W_dec.norm(dim=1)).mean()
-            parts["l1"] = l1
-            total = total + sparsity_scale * sae.beta_l1 * l1
-        elif dead is not None:
-            parts["auxk"] = sae.auxk_loss(x, x_hat, pre, dead)
-            total = total + sae.auxk_coeff * parts["auxk"]
-        parts["l0"] = (z != 0).sum(-1).float().mean()
-        return total, parts, x_hat, z
+    """One training forward → (total loss, parts, x_hat, z). A `SparseAutoencoder` hands back the forward its
+    loss was built from (`loss(..., return_outputs=True)`), so the codes are available for metrics without a
+    second forward; other modules use `loss` and a no-grad `forward` for metrics."""
     kw, params = {}, inspect.signature(sae.loss).parameters
     if "dead_mask" in params and dead is not None: kw["dead_mask"] = dead
     if "sparsity_scale" in params and sparsity_scale != 1.0: kw["sparsity_scale"] = sparsity_scale
+    if "return_outputs" in params:
+        total, parts, (x_hat, z, _) = sae.loss(x, return_outputs=True, **kw)
+        return total, dict(parts), x_hat, z
     total, parts = sae.loss(x, **kw)
     with torch.no_grad(): out = sae(x)
     x_hat, z = (out[0], out[1]) if isinstance(out, tuple) and len(out) == 3 else (None, None)
@@ -141,14 +128,8 @@ class LRSchedule:
     def load_state_dict(self, d: dict): self.scale, self.best, self.bad = d["scale"], d["best"], d["bad"]
 
 # %% ../nbs/21_train.ipynb #9d0b95ac
-def _atomic_write(path: Path, write: Callable[[Path], None]):
-    tmp = path.with_name(path.name + ".tmp")
-    try: write(tmp); os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True); raise
-
 def _save_tensors(path: Path, tensors: dict):
-    _atomic_write(path, lambda t: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(t)))
+    _atomic_write(path, lambda t: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, t))
 
 def _json_default(o):
     if isinstance(o, torch.Tensor): return o.tolist()
@@ -157,7 +138,7 @@ def _json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
 
 def _write_json(path: Path, obj):
-    _atomic_write(path, lambda t: t.write_text(json.dumps(obj, indent=1, default=_json_default)))
+    _write_text(path, json.dumps(obj, indent=1, default=_json_default))
 
 def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
     "Optimizer state → (tensors for safetensors, JSON-able rest)."
@@ -726,7 +707,6 @@ SAETrainer.config_from_yaml = staticmethod(_config_from_yaml)
 # %% ../nbs/21_train.ipynb #d4c470c4
 def configure_train(ap: argparse.ArgumentParser):
     "Arguments of `deeplens train --store DIR --hook H --arch topk --k 32 --expansion 8 --tokens N --out DIR [--resume]`."
-    from deeplens.sae import ARCHITECTURES
     ap.add_argument("--store", required=True, help="ActivationStore directory")
     ap.add_argument("--hook", help="hook to train on (default: the store's only hook)")
     ap.add_argument("--arch", default="topk", choices=ARCHITECTURES)
@@ -750,7 +730,6 @@ def configure_train(ap: argparse.ArgumentParser):
 
 def run_train(a) -> int:
     "Train the SAE `configure_train`'s arguments describe; print its final metrics."
-    from deeplens.sae import SparseAutoencoder
     from deeplens.store import ActivationStore
     store = ActivationStore(a.store)
     hook = a.hook or (store.hooks[0] if len(store.hooks) == 1 else None)
