@@ -4,11 +4,11 @@
 
 # %% ../nbs/13_dataset.ipynb #f0edf215
 from __future__ import annotations
-import json, math, os, tempfile
+import math, os
 from pathlib import Path
 import torch
 from torch.utils.data import Dataset, DataLoader
-from .store import ActivationStore
+from .store import ActivationStore, _atomic
 
 # %% auto #0
 __all__ = ['load_activations', 'TensorRows', 'StoreRows', 'split_sizes', 'row_moments', 'ZScore', 'ActivationsDataset', 'as_rows',
@@ -128,13 +128,8 @@ class ZScore:
         from safetensors.torch import save_file
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp"); os.close(fd)
-        try:
-            save_file({"mean": self.mean.contiguous(), "std": self.std.contiguous()}, tmp,
-                      metadata={"eps": repr(self.eps), "n": str(self.n), "kind": "deeplens.zscore"})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp): os.remove(tmp)
+        _atomic(path, lambda tmp: save_file({"mean": self.mean.contiguous(), "std": self.std.contiguous()}, str(tmp),
+                                            metadata={"eps": repr(self.eps), "n": str(self.n), "kind": "deeplens.zscore"}))
         return path
 
     @classmethod

@@ -4,14 +4,13 @@
 
 # %% ../nbs/12_extractor.ipynb #5ea338ca
 from __future__ import annotations
-import operator, os, shutil, tempfile
+import operator, os, tempfile
 from pathlib import Path
 import torch
 from .adapters import closest_names
-from .hooks import layer_of
 from .model import HookedModel, load_model
-from .corpus import Corpus, corpus
-from .store import ActivationStore
+from .corpus import corpus
+from .store import ActivationStore, _stop_layer
 
 # %% auto #0
 __all__ = ['as_hooked_model', 'resolve_layer', 'resolve_hook', 'stop_layer', 'ExtractSingleSample', 'FromHuggingFace']
@@ -62,12 +61,8 @@ def resolve_hook(model: HookedModel, hook: str | None, layer: int) -> str:
 # %% ../nbs/12_extractor.ipynb #416906ea
 def stop_layer(model: HookedModel, names) -> int | None:
     "The `stop_at_layer` that still reaches every hook in `names` (None: run the whole model)."
-    layers = []
-    for n in names:
-        if n.startswith("blocks."): layers.append(layer_of(n) + 1)
-        elif n in ("hook_embed", "hook_pos_embed"): layers.append(0)
-        else: return None
-    return max(layers) if layers else None
+    names = list(names)
+    return _stop_layer(model, names) if names else None   # the store's rule; no hooks at all: the whole model
 
 # %% ../nbs/12_extractor.ipynb #a32a95b9
 class ExtractSingleSample:

@@ -5,7 +5,7 @@ resumable, scalable with `torchrun`, read back memory-mapped and shuffled."""
 
 # %% ../nbs/11_store.ipynb #85ae4232
 from __future__ import annotations
-import hashlib, json, math, os, queue, shutil, threading, warnings
+import hashlib, itertools, json, os, queue, shutil, threading, warnings
 from dataclasses import dataclass
 from collections import OrderedDict
 from pathlib import Path
@@ -410,7 +410,7 @@ def _build(cls, model, corpus, hooks, n_tokens, out_dir, *, context_size=128, ba
     if first is None and box["contexts"] == 0:
         raise ValueError(f"the corpus {docs.description['source']!r} gave no full context of {S} tokens "
                          "(it is empty or too short); use more text or a smaller context_size.")
-    mine = _chain(first, mine)
+    mine = itertools.chain([first] if first is not None else [], mine)
     for _ in range(sum(s["contexts"] for s in done)): next(mine)     # contexts already in complete shards
 
     shards, state = list(done), {"started": False}
@@ -460,7 +460,7 @@ def _build(cls, model, corpus, hooks, n_tokens, out_dir, *, context_size=128, ba
     pending: list[_Ctx] = []
     try:
         with torch.no_grad(), m.hooks([(h, st.hook(h)) for h in names]):
-            while batch := _take(mine, min(batch_size, cps - len(pending))):
+            while batch := list(itertools.islice(mine, min(batch_size, cps - len(pending)))):
                 keep = np.stack([c.keep for c in batch])
                 st.keep, st.all_keep = torch.from_numpy(keep).to(m.device), bool(keep.all())
                 st.row_of = _row_locator(batch, keep)
@@ -479,17 +479,6 @@ def _build(cls, model, corpus, hooks, n_tokens, out_dir, *, context_size=128, ba
     if box["exhausted"] and rank == 0:
         warnings.warn(f"the corpus ran out after {box['rows']:,} rows; asked for {n_tokens:,}", stacklevel=2)
     return _open_when_done(cls, out, world)
-
-def _chain(first, rest):
-    if first is not None: yield first
-    yield from rest
-
-def _take(it, n: int) -> list:
-    out = []
-    for x in it:
-        out.append(x)
-        if len(out) == n: break
-    return out
 
 def _open_when_done(cls, out: Path, world: int):
     if world > 1:
