@@ -583,10 +583,9 @@ def _logit_lens(self: ModelAnalyzer, text, top_k: int = 5, layers=None, position
     from deeplens.lens import logit_lens
     if not isinstance(text, (str, torch.Tensor)): raise TypeError(f"text must be a string or token ids, got {type(text).__name__}")
     res = logit_lens(self.hooked, text, layers=layers, positions=[position], top_k=top_k)
-    dec = (lambda i: self.tokenizer.decode([i])) if self.tokenizer is not None else (lambda i: f"<{i}>")
     out = LayerPredictions()
     for i, l in enumerate(res.layers):
-        out[l] = [(dec(t), float(pr)) for t, pr in zip(res.top_ids[i, 0, 0].tolist(), res.top_probs[i, 0, 0].tolist())]
+        out[l] = [(res._decode(t), float(pr)) for t, pr in zip(res.top_ids[i, 0, 0].tolist(), res.top_probs[i, 0, 0].tolist())]
     out.result = res
     return out
 
@@ -605,11 +604,15 @@ def _generate_with_steering(self: ModelAnalyzer, prompt, positive_examples, nega
     vec = SteeringVector.from_contrast(self.hooked, positive_examples, negative_examples, layer=l, read_positions=read_positions)
     return generate_with_steering(self.hooked, prompt, vec, coefficient=coefficient, max_new_tokens=max_new_tokens, **kw)
 
+def _top_next(self: ModelAnalyzer, clean, corrupted) -> tuple[int, int]:
+    "The top next-token id after each of the two prompts."
+    with torch.no_grad():
+        return tuple(int(self.hooked(x)[0, -1].argmax()) for x in (clean, corrupted))
+
 def _default_metric(self: ModelAnalyzer, clean, corrupted):
     "Normalised logit difference between the two runs' top next tokens (KL to clean when they agree)."
     from deeplens.patching import logit_diff, kl, normalized_effect
-    with torch.no_grad():
-        a, b = (int(self.hooked(x)[0, -1].argmax()) for x in (clean, corrupted))
+    a, b = _top_next(self, clean, corrupted)
     return normalized_effect(logit_diff(a, b) if a != b else kl())
 
 def _path_patching(self: ModelAnalyzer, clean_prompt, corrupted_prompt, metric=None, position: int = -1,
@@ -628,8 +631,7 @@ def _activation_patch_experiment(self: ModelAnalyzer, clean_prompt, corrupted_pr
     from deeplens.patching import activation_patching, logit_diff, kl
     l = self._layer_index(layer_name)
     if metric is None:
-        with torch.no_grad():
-            a, b = (int(self.hooked(x)[0, -1].argmax()) for x in (clean_prompt, corrupted_prompt))
+        a, b = _top_next(self, clean_prompt, corrupted_prompt)
         metric = logit_diff(a, b) if a != b else kl(reference="corrupted")
     res = activation_patching(self.hooked, clean_prompt, corrupted_prompt, metric, sites=(site,), layers=[l],
                               positions=[position], progress=False)

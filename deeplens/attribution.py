@@ -74,6 +74,11 @@ def _answer_ids(model, answer, n, what):
     if ids.numel() not in (1, n): raise ValueError(f"{what}: give one token or one per prompt ({n}); got {ids.numel()}")
     return ids.expand(n) if ids.numel() == 1 else ids
 
+def _answer_logit(last, a, c=None):
+    "logit(a) − logit(c) per row of `last` `[batch, vocab]` (just logit(a) when c is None)."
+    v = last.gather(-1, a[:, None].to(last.device))[:, 0]
+    return v if c is None else v - last.gather(-1, c[:, None].to(last.device))[:, 0]
+
 def direct_logit_attribution(model: HookedModel, inputs, answer, contrast=None, by: str = "head", pos: int = -1) -> DLAResult:
     "Split logit(answer) [− logit(contrast)] at `pos` into the direct contributions of heads, layers or components."
     if by not in ("head", "layer", "component"): raise ValueError(f"by must be 'head', 'layer' or 'component', got {by!r}")
@@ -93,9 +98,7 @@ def direct_logit_attribution(model: HookedModel, inputs, answer, contrast=None, 
         else: stack, labels = cache.decompose_resid(layer=-1, pos_slice=pos, return_labels=True)
         attrs = cache.logit_attrs(stack, a, c, pos_slice=pos, include_bias=True)      # [parts + 1, batch]
         parts, bias = attrs[:-1].float(), attrs[-1].float()
-        last = logits[:, pos].float()
-        total = last.gather(-1, a[:, None].to(last.device))[:, 0]
-        if c is not None: total = total - last.gather(-1, c[:, None].to(last.device))[:, 0]
+        total = _answer_logit(logits[:, pos].float(), a, c)
     if by == "layer":          # embeddings together, then each block's attention + MLP
         emb = [i for i, s in enumerate(labels) if s in ("embed", "pos_embed")]
         rows, new = [parts[emb].sum(0)], ["embed"]
@@ -335,10 +338,7 @@ def neuron_attribution(model: HookedModel, inputs, answer=None, contrast=None, m
     if metric is None:
         a = _answer_ids(model, answer, ids.shape[0], "answer").to(model.device)
         c = None if contrast is None else _answer_ids(model, contrast, ids.shape[0], "contrast").to(model.device)
-        def metric(logits):
-            last = logits[:, pos].float()
-            v = last.gather(-1, a[:, None])[:, 0]
-            return (v if c is None else v - last.gather(-1, c[:, None])[:, 0]).sum()
+        def metric(logits): return _answer_logit(logits[:, pos].float(), a, c).sum()
     names = [f"blocks.{l}.mlp.hook_post" for l in layers]
     def target(logits):
         v = metric(logits)
