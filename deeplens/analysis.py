@@ -14,9 +14,8 @@ __all__ = ['get_top_k_tokens', 'save_chart', 'plot_topk_distribution', 'generate
 
 # %% ../nbs/32_analysis.ipynb #f4b1de9d
 def _tokenizer(tokenizer):
-    if tokenizer is None or callable(getattr(tokenizer, "decode", None)) and not isinstance(tokenizer, HookedModel):
-        return tokenizer
     if isinstance(tokenizer, HookedModel): return tokenizer.tokenizer
+    if tokenizer is None or callable(getattr(tokenizer, "decode", None)): return tokenizer
     if isinstance(tokenizer, (str, Path)):
         from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(str(tokenizer))

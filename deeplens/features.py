@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from .model import HookedModel, _proj, _xw, _o
+from .model import HookedModel
 from .hooks import layer_of
 from .store import ActivationStore, _abs_rows, _locate, _tokens_shard
 from .sae import SparseAutoencoder
@@ -132,6 +132,12 @@ def activation_histogram(sae: SparseAutoencoder, store: ActivationStore, feature
     return {"features": fs, "counts": counts.reshape(len(fs), bins), "edges": edges, "zeros": zeros}
 
 # %% ../nbs/30_features.ipynb #9333f0b8
+def _reuse_stats(sae, store, hook, k, stats, progress) -> FeatureStats:
+    "`stats` when it covers `hook` with at least `k` top rows, else a fresh pass over the store."
+    if stats is None or stats.top_values.shape[1] < k or stats.hook != hook:
+        stats = feature_stats(sae, store, hook, k=k, progress=progress)
+    return stats
+
 def context_tokens(store: ActivationStore, row: int) -> tuple[torch.Tensor, int]:
     "→ (token ids of the whole context that `row` came from, the row's position in it)."
     r = _abs_rows(store, [int(row)])
@@ -148,35 +154,30 @@ def max_activating_examples(sae: SparseAutoencoder, store: ActivationStore, feat
     import pandas as pd
     hook = _store_hook(sae, store, hook)
     (f,) = _check_features(sae, [feature])
-    if stats is None or stats.top_values.shape[1] < k or stats.hook != hook:
-        stats = feature_stats(sae, store, hook, k=k, progress=progress)
+    stats = _reuse_stats(sae, store, hook, k, stats, progress)
     v, r = stats.top_values[f, :k], stats.top_rows[f, :k]
     keep = r >= 0
     v, r = v[keep], r[keep]
-    tok = store.tokenizer
+    ti = store.token_index(r)
     out = []
     for i, (val, row) in enumerate(zip(v.tolist(), r.tolist())):
         ids, p = context_tokens(store, row)
-        lst = ids.tolist()
-        text = (tok.decode(lst[max(0, p - window):p]) + mark[0] + tok.decode(lst[p:p + 1]) + mark[1]
-                + tok.decode(lst[p + 1:p + 1 + window]))
-        ti = store.token_index([row])
-        out.append({"feature": f, "rank": i, "value": val, "row": row, "token_id": lst[p], "token": tok.decode(lst[p:p + 1]),
-                    "text": text, "context": int(ti["context"][0]), "context_pos": p, "doc": int(ti["doc"][0]),
-                    "context_tokens": ids})
+        tid = int(ids[p])
+        out.append({"feature": f, "rank": i, "value": val, "row": row, "token_id": tid, "token": store.tokenizer.decode([tid]),
+                    "text": store.context(row, window, mark), "context": int(ti["context"][i]), "context_pos": p,
+                    "doc": int(ti["doc"][i]), "context_tokens": ids})
     cols = ["feature", "rank", "value", "row", "token_id", "token", "text", "context", "context_pos", "doc", "context_tokens"]
     return pd.DataFrame(out, columns=cols)
 
 # %% ../nbs/30_features.ipynb #59c51f27
-def _to_resid(model: HookedModel, hook: str, W: torch.Tensor) -> torch.Tensor:
-    "Decoder rows `[n, d_in]` at `hook` → directions in the residual stream `[n, d_model]`."
-    if hook.endswith("mlp.hook_post"):
-        return W @ _proj(model, layer_of(hook), (model.spec.mlp_out_proj, None)).detach().to(W.dtype)
-    if hook.endswith("attn.hook_z"): return W @ _xw(_o(model, layer_of(hook))).detach().to(W.dtype)
-    if W.shape[-1] != model.cfg.d_model:
-        raise ValueError(f"{hook}: width {W.shape[-1]} is not d_model={model.cfg.d_model} and there is no known map "
+def _resid_map(model: HookedModel, hook: str, d_in: int) -> torch.Tensor | None:
+    "The `[d_in, d_model]` map from `hook` into the residual stream (None: `hook` already is d_model wide)."
+    if hook.endswith("mlp.hook_post"): return model.W_out[layer_of(hook)].detach()
+    if hook.endswith("attn.hook_z"): return model.W_O[layer_of(hook)].flatten(0, 1).detach()
+    if d_in != model.cfg.d_model:
+        raise ValueError(f"{hook}: width {d_in} is not d_model={model.cfg.d_model} and there is no known map "
                          "into the residual stream; logit directions need a residual, attn_out, mlp_out, mlp.hook_post or hook_z SAE")
-    return W
+    return None
 
 @torch.no_grad()
 def feature_logits(sae: SparseAutoencoder, model: HookedModel, features=None, k: int = 10, hook: str | None = None,
@@ -188,10 +189,13 @@ def feature_logits(sae: SparseAutoencoder, model: HookedModel, features=None, k:
     if hook is None: raise ValueError("the SAE records no hook_name; pass hook= (where it reads its activations)")
     fs = _check_features(sae, features)
     W_U = model.W_U.detach()
+    M = _resid_map(model, hook, sae.d_in)                                # built once, not per chunk
+    M = None if M is None else M.to(W_U.dtype)
     out = []
     for i in range(0, len(fs), chunk):
         part = fs[i:i + chunk]
-        d = _to_resid(model, hook, sae.W_dec[part].detach().to(W_U.device, W_U.dtype))
+        d = sae.W_dec[part].detach().to(W_U.device, W_U.dtype)
+        if M is not None: d = d @ M
         d = model.apply_norm(d, torch.ones(len(part), 1, device=d.device, dtype=d.dtype), "ln_final", bias=False)
         lg = (d @ W_U).float().cpu()
         tv, ti = lg.topk(k, -1)
@@ -230,8 +234,7 @@ def feature_summary(sae: SparseAutoencoder, store: ActivationStore, feature: int
     "Everything about `feature` over `store` (logit tokens too when `model` is given)."
     hook = _store_hook(sae, store, hook)
     (f,) = _check_features(sae, [feature])
-    if stats is None or stats.top_values.shape[1] < k or stats.hook != hook:
-        stats = feature_stats(sae, store, hook, k=k, progress=progress)
+    stats = _reuse_stats(sae, store, hook, k, stats, progress)
     hist = activation_histogram(sae, store, [f], bins, stats.max_activation, hook, progress=progress)
     ex = max_activating_examples(sae, store, f, k, window, stats, hook)
     top, bot = [], []

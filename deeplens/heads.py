@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .model import HookedModel, _encode
+from .model import HookedModel, _encode, _loss
 
 # %% auto #0
 __all__ = ['repeated_tokens', 'head_scores', 'induction_scores', 'previous_token_scores', 'duplicate_token_scores',
@@ -67,9 +67,7 @@ def head_scores(model: HookedModel, seq_len: int = 50, n_seqs: int = 16, seed: i
     with torch.no_grad(), model.hooks([(lambda n: n.endswith("attn.hook_pattern"), reduce)]):
         for i in range(0, n_seqs, batch_size):
             ids = toks[i:i + batch_size].to(model.device)
-            logits = model(ids)
-            lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
-            nll.append(-lp.cpu())
+            nll.append(_loss(model(ids), ids, torch.ones_like(ids), per_token=True).cpu())
     nll = torch.cat(nll)                         # [n_seqs, pos-1]; column t predicts token t+1
     out = {k: sums[k] / (n_seqs * len(stripes[k][0])) for k in stripes}
     # first copy: tokens b+1 .. b+L-1; second copy: tokens b+L+1 .. b+2L-1 (its first token is not predictable)
@@ -139,16 +137,18 @@ def _ids(model, x, special: bool) -> list[int]:
         return model.tokenizer.encode(x, add_special_tokens=special)
     raise TypeError(f"texts and targets must be strings or token ids, got {type(x).__name__}")
 
+def _listify(x) -> list:
+    "One example (a string or a 1-d id tensor) → `[x]`; a list or a 2-d tensor → its items."
+    return [x] if isinstance(x, str) or (isinstance(x, torch.Tensor) and x.ndim != 2) else list(x)
+
 def _examples(model: HookedModel, texts, targets) -> list[tuple[list[int], int]]:
     "(ids, number of leading tokens that are not scored) per example."
-    if isinstance(texts, (str, torch.Tensor)) and not (isinstance(texts, torch.Tensor) and texts.ndim == 2): texts = [texts]
-    texts = list(texts)
+    texts = _listify(texts)
     if not texts: raise ValueError("texts is empty; CHG needs at least one example")
     if targets is None:
         out = [(_ids(model, t, True), 1) for t in texts]
     else:
-        if isinstance(targets, (str, torch.Tensor)) and not (isinstance(targets, torch.Tensor) and targets.ndim == 2): targets = [targets]
-        targets = list(targets)
+        targets = _listify(targets)
         if not targets: raise ValueError("targets is empty; pass one target per text (or targets=None for next-token loss on the texts)")
         if len(targets) != len(texts): raise ValueError(f"got {len(texts)} texts but {len(targets)} targets; pass one target per text")
         out = []
@@ -175,9 +175,7 @@ def _batch(examples, device, pad_id: int = 0):
 def _task_loss(model, ids, mask, labels, hooks):
     with model.hooks(hooks):
         logits = model(ids, attention_mask=mask)
-    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
-    m = labels[:, 1:]
-    return -(lp * m).sum() / m.sum()
+    return _loss(logits, ids, labels)                    # CE over the target tokens only
 
 # %% ../nbs/43_heads.ipynb #b8491a63
 class CausalHeadGating:

@@ -6,7 +6,6 @@ that stays active during generation."""
 # %% ../nbs/31_intervene.ipynb #5171b77c
 from __future__ import annotations
 import contextlib, operator, os, warnings
-from pathlib import Path
 import torch
 from .model import HookedModel
 from .sae import SparseAutoencoder
@@ -19,14 +18,14 @@ __all__ = ['MODES', 'InterveneFeatures', 'ReinjectSingleSample', 'SpliceHandle',
 # %% ../nbs/31_intervene.ipynb #28c59cc9
 MODES = ("scale", "add", "clamp")
 
-def _as_list(v, name: str) -> list:
+def _as_list(v) -> list:
     if isinstance(v, torch.Tensor): v = v.reshape(-1).tolist() if v.ndim else v.item()
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 def _features_alphas(sae: SparseAutoencoder, feature, alpha) -> tuple[list[int], list[float]]:
     "Feature indices (checked against `d_sae`) and one alpha per feature."
     feats = []
-    for f in _as_list(feature, "feature"):
+    for f in _as_list(feature):
         if isinstance(f, bool): raise TypeError(f"feature must be an int index, got {f!r}")
         try: f = operator.index(f)
         except TypeError: raise TypeError(f"feature must be an int index (or a list of them), got {type(f).__name__} {f!r}") from None
@@ -35,7 +34,7 @@ def _features_alphas(sae: SparseAutoencoder, feature, alpha) -> tuple[list[int],
         feats.append(f)
     if not feats: raise ValueError("give at least one feature")
     if len(set(feats)) != len(feats): raise ValueError(f"feature indices repeat: {feats}; give each feature once")
-    alphas = [float(a) for a in _as_list(alpha, "alpha")]
+    alphas = [float(a) for a in _as_list(alpha)]
     if len(alphas) == 1: alphas = alphas * len(feats)
     if len(alphas) != len(feats):
         raise ValueError(f"got {len(feats)} features but {len(alphas)} alphas; give one alpha, or one per feature")
@@ -84,7 +83,7 @@ def _positions(token_positions, seq: int) -> list[int] | None:
     "Positions as non-negative indices (None: all), checked against the sequence length."
     if token_positions is None: return None
     out = []
-    for p in _as_list(token_positions, "token_positions"):
+    for p in _as_list(token_positions):
         if isinstance(p, bool): raise TypeError(f"token positions must be ints, got {p!r}")
         try: p = operator.index(p)
         except TypeError: raise TypeError(f"token positions must be ints (or a list of them), got {type(p).__name__} {p!r}") from None

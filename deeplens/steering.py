@@ -8,7 +8,7 @@ import contextlib, json, os
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
-from .model import HookedModel, _encode
+from .model import HookedModel, _encode, _loss
 
 # %% auto #0
 __all__ = ['default_layer', 'SteeringVector', 'SteeringHook', 'generate_with_steering', 'SteeringEvaluation', 'evaluate_steering']
@@ -278,10 +278,8 @@ def _perplexity(model, texts, hooks, batch_size=8):
         for i in range(0, len(texts), batch_size):
             chunk = texts[i:i + batch_size]
             toks, mask = _encode(model, chunk, padding_side="right")
-            logits = model(toks, attention_mask=mask)
-            lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, toks[:, 1:, None])[..., 0]
-            m = mask[:, 1:].float()
-            nll += float(-(lp * m).sum()); n += int(m.sum())
+            nll += float(_loss(model(toks, attention_mask=mask), toks, mask, per_token=True).sum())
+            n += int(mask[:, 1:].sum())
     return float(torch.tensor(nll / max(n, 1)).exp())
 
 def evaluate_steering(model: HookedModel, vector: SteeringVector, coefficients, prompts, target_tokens,
@@ -296,11 +294,11 @@ def evaluate_steering(model: HookedModel, vector: SteeringVector, coefficients, 
     coefs = [float(c) for c in (coefficients if hasattr(coefficients, "__iter__") else [coefficients])]
     if not coefs: raise ValueError("coefficients must hold at least one number")
     if positions == "new": raise ValueError("evaluate_steering runs single forwards, where no position is 'new'; use 'all' or an int n")
-    def hooks(c): return [] if c == 0 else [vector.hook(c, positions)]
-    probs = torch.stack([_last_probs(model, prompts, ids, hooks(c)) for c in coefs])
-    base_p = float(_last_probs(model, prompts, ids, []).mean())
-    nan = float("nan")
-    ppl = torch.tensor([_perplexity(model, neutral, hooks(c)) if neutral else nan for c in coefs])
-    base_ppl = _perplexity(model, neutral, []) if neutral else nan
+    base = _last_probs(model, prompts, ids, [])                 # coefficient 0 reuses the unhooked baseline
+    base_ppl = _perplexity(model, neutral, []) if neutral else float("nan")
+    probs = torch.stack([base if c == 0 else _last_probs(model, prompts, ids, [vector.hook(c, positions)]) for c in coefs])
+    ppl = torch.tensor([base_ppl if c == 0 or not neutral else _perplexity(model, neutral, [vector.hook(c, positions)])
+                        for c in coefs])
+    base_p = float(base.mean())
     names = [t if isinstance(t, str) else model.tokenizer.decode([t]) for t in (target_tokens if isinstance(target_tokens, (list, tuple)) else [target_tokens])]
     return SteeringEvaluation(coefs, probs.mean(1), probs, ppl, base_p, base_ppl, names)
