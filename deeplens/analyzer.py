@@ -115,7 +115,7 @@ def _block_hook(m: HookedModel, site: str, l: int) -> str:
         suffix = "ln1.hook_normalized"     # GPT-J: attention and MLP share ln_1
     name = f"blocks.{l}.{suffix}"
     if name not in m.sites:
-        if site not in SITE_ALIASES and f"blocks.0.{suffix}" not in m.sites and name not in m._missing:
+        if site not in SITE_ALIASES and f"blocks.0.{suffix}" not in m.sites and name not in m.missing_sites:
             raise ValueError(f"unknown trace site {site!r}; use one of {', '.join(SITE_ALIASES)} "
                              "or a per-block hook suffix such as 'mlp.hook_post'")
         try: m.site(name)
@@ -498,7 +498,7 @@ def _extract(self: ModelAnalyzer, ids, mask, prompts, include_attention=False, r
     names = []
     for s in sites:
         if not isinstance(s, str): raise TypeError(f"sites are hook names (strings), got {s!r}")
-        whole = s.startswith("blocks.") or (s in m.sites or s in m._missing)   # a full name, e.g. 'hook_embed'
+        whole = s.startswith("blocks.") or (s in m.sites or s in m.missing_sites)   # a full name, e.g. 'hook_embed'
         names += [s] if whole else [f"blocks.{l}.{s}" for l in ls]
     names = list(dict.fromkeys(names))
     pat = [f"blocks.{l}.attn.hook_pattern" for l in ls] if include_attention else []

@@ -48,10 +48,10 @@ def resolve_hook(model: HookedModel, hook: str | None, layer: int) -> str:
     if hook is None: hook = "mlp.hook_post"
     if not isinstance(hook, str): raise TypeError(f"a hook is a name (str), got {type(hook).__name__}")
     if hook in model.sites: return hook
-    if hook.startswith("blocks.") or hook in model._missing: model.site(hook)   # raises: bad layer, missing site, unknown
+    if hook.startswith("blocks.") or hook in model.missing_sites: model.site(hook)   # raises: bad layer, missing site, unknown
     rel = f"blocks.{layer}.{hook}"
     if rel in model.sites: return rel
-    if rel in model._missing: model.site(rel)          # raises: the site does not exist on this architecture
+    if rel in model.missing_sites: model.site(rel)          # raises: the site does not exist on this architecture
     in_block = [n.removeprefix(f"blocks.{layer}.") for n in model.sites if n.startswith(f"blocks.{layer}.")]
     top = [n for n in model.sites if not n.startswith("blocks.")]
     raise ValueError(f"unknown hook {hook!r}: give a full hook name (e.g. 'blocks.{layer}.mlp.hook_post') or one inside "

@@ -120,7 +120,7 @@ class HookedModel:
         out_emb = hf.get_output_embeddings()   # the unembedding's name varies (lm_head, embed_out): ask HF
         self.spec.unembed = next(n for n, m in hf.named_modules() if m is out_emb)
         self.cfg: ModelConfig = model_config(hf, self.spec)
-        self.sites, self._missing = site_table(self.spec, self.cfg)
+        self.sites, self.missing_sites = site_table(self.spec, self.cfg)
         self._switch = AttentionSwitch(self.spec.attn_entry)
         self._ctx = SiteContext(hf, self.cfg.normalization, self.cfg.n_heads, self.cfg.d_head, self._switch)
         self._persistent: list = []
@@ -142,8 +142,8 @@ class HookedModel:
 def _site(self: HookedModel, name: str) -> Site:
     if not isinstance(name, str): raise TypeError(f"hook names are strings, got {type(name).__name__}")
     if name in self.sites: return self.sites[name]
-    if name in self._missing:
-        raise ValueError(f"{name} does not exist on {self.cfg.architecture}: {self._missing[name]}")
+    if name in self.missing_sites:
+        raise ValueError(f"{name} does not exist on {self.cfg.architecture}: {self.missing_sites[name]}")
     l = layer_of(name) if name.startswith("blocks.") and name.split(".")[1].isdigit() else None
     if l is not None and not 0 <= l < self.cfg.n_layers:
         raise ValueError(f"{name}: layer {l} is out of range; this model has layers 0..{self.cfg.n_layers - 1}.")
@@ -422,7 +422,7 @@ def norm_module(self: HookedModel, which: str) -> nn.Module:
     parts = which.split(".")
     if len(parts) == 3 and parts[0] == "blocks" and parts[2] in ("ln1", "ln2"):
         path = getattr(self.spec, parts[2])
-        if path is None: raise ValueError(f"{which}: {self._missing.get(which + '.hook_scale', 'no such norm')}")
+        if path is None: raise ValueError(f"{which}: {self.missing_sites.get(which + '.hook_scale', 'no such norm')}")
         return self.hf.get_submodule(f"{self.spec.layers}.{int(parts[1])}.{path}")
     raise ValueError(f"unknown norm {which!r}; use 'ln_final', 'blocks.L.ln1' or 'blocks.L.ln2'")
 
