@@ -22,3 +22,4 @@ from deeplens.patching import (activation_patching, path_patching, attribution_p
 from deeplens.attribution import (direct_logit_attribution, integrated_gradients, sentence_importance,
                                   neuron_attribution)
 from deeplens.analyzer import ModelAnalyzer, ActivationRecord, score, trace
+from .display import install as _install_displays; _install_displays()

@@ -13,12 +13,14 @@ from .lens import LensResult
 from .patching import PatchingResult, PatchingResults
 from .steering import SteeringEvaluation
 from .heads import CHGResult
+from .store import ActivationStore
+from .dataset import ActivationsDatasetBuilder
+from . import display as _display
 
 # %% auto #0
 __all__ = ['to_svg', 'mimebundle', 'Chart', 'show', 'enable_offline', 'save_chart', 'feature_histogram', 'density_histogram',
            'topk_bars', 'training_curves', 'patching_heatmap', 'lens_records', 'lens_heatmap', 'embedding_scatter',
-           'steering_sweep', 'gate_records', 'gate_heatmaps', 'register_chart', 'chart', 'object_mimebundle',
-           'install_displays']
+           'steering_sweep', 'gate_records', 'gate_heatmaps', 'norm_histogram', 'register_chart', 'chart']
 
 # %% ../nbs/51_charts.ipynb #f6a54a0b
 def _alt():
@@ -473,41 +475,73 @@ def gate_heatmaps(chg: CHGResult, threshold: float = 0.5, cell: int = 16) -> Cha
     return Chart(c, f"<Chart: CHG gates for {len(rows)} heads: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ">")
 
 # %% ../nbs/51_charts.ipynb #757c5db0
-_BUILDERS: dict = {}
+def _norm_sources(source, hook, max_rows) -> tuple[dict, int]:
+    "`({name: [m, d] rows}, n_total)` for the sources `norm_histogram` takes."
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
+    pick = lambda n: torch.linspace(0, n - 1, min(n, max_rows)).round().long().unique()
+    if isinstance(source, ActivationStore):
+        hooks = [hook] if hook is not None else list(source.hooks)
+        for h in hooks:
+            if h not in source.hooks: raise ValueError(f"{h!r} is not in this store; it holds {source.hooks}")
+        if len(source) == 0: raise ValueError("the store is empty: no rows to histogram")
+        rows = pick(len(source))
+        return {h: source.get(rows, h) for h in hooks}, len(source)
+    if isinstance(source, ActivationsDatasetBuilder):
+        idx = source.train_indices.sort().values
+        if len(idx) == 0: raise ValueError("the dataset has no train rows to histogram")
+        return {"train rows": source.source.rows(idx[pick(len(idx))])}, len(idx)
+    if isinstance(source, dict):
+        if not source: raise ValueError("no activations to histogram")
+        data = {str(k): _tensor(v, f"activations[{k!r}]") for k, v in source.items()}
+    else: data = {"activations": _tensor(source, "activations")}
+    for k, v in data.items():
+        if v.ndim < 2 or v.shape[0] == 0: raise ValueError(f"{k} must be non-empty rows [n, d], got shape {tuple(v.shape)}")
+    n = max(v.reshape(-1, v.shape[-1]).shape[0] for v in data.values())
+    return {k: v.reshape(-1, v.shape[-1])[pick(v.reshape(-1, v.shape[-1]).shape[0])] for k, v in data.items()}, n
 
+def norm_histogram(source, hook: str | None = None, max_rows: int = 4096, bins: int = 40, columns: int = 3,
+                   width: int = 260, height: int = 140) -> Chart:
+    """Histogram of the L2 norm of activation rows, one panel per hook: from an `ActivationStore` (`hook`: one of
+    its hooks), an `ActivationsDatasetBuilder`, a `[n, d]` tensor or a dict of them; at most `max_rows` rows, evenly spaced."""
+    alt = _alt()
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1: raise ValueError(f"bins must be a positive int, got {bins!r}")
+    data, n = _norm_sources(source, hook, max_rows)
+    recs, sampled = [], 0
+    for name, x in data.items():
+        norms = x.double().norm(dim=1)
+        norms = norms[norms.isfinite()]
+        if len(norms) == 0: raise ValueError(f"{name}: no finite activation rows")
+        sampled = max(sampled, len(norms))
+        lo, hi = float(norms.min()), float(norms.max())
+        if hi - lo < 1e-12: lo, hi = lo - 0.5, hi + 0.5
+        counts, edges = torch.histogram(norms, bins, range=(lo, hi))
+        recs += [dict(hook=name, lo=float(edges[i]), hi=float(edges[i + 1]), count=int(counts[i])) for i in range(bins)]
+    base = alt.Chart(alt.Data(values=recs)).mark_bar().encode(
+        x=alt.X("lo:Q", bin="binned", title="L2 norm"), x2="hi:Q", y=alt.Y("count:Q", title="rows"),
+        tooltip=["hook:N", alt.Tooltip("lo:Q", format=".4g"), alt.Tooltip("hi:Q", format=".4g"), "count:Q"])
+    of = f"{sampled:,} of {n:,} rows" if sampled < n else f"{n:,} rows"
+    if len(data) == 1:
+        c = base.properties(width=width, height=height, title=f"activation norms: {next(iter(data))} ({of})")
+    else:
+        c = base.properties(width=width, height=height).facet(facet=alt.Facet("hook:N", title=f"activation norms ({of})"),
+                                                                columns=columns).resolve_scale(x="independent", y="independent")
+    return Chart(c, f"<Chart: activation norm histogram of {', '.join(data)} over {of}, {bins} bins>")
+
+# %% ../nbs/51_charts.ipynb #867e7381
 def register_chart(cls: type, builder, display: bool = False):
     "Use `builder(obj, **kw) -> Chart` for `cls` in `chart()`; `display=True` also makes `cls` display as that chart."
     if not isinstance(cls, type) or not callable(builder): raise TypeError("register_chart(cls, builder): a class and a callable")
-    _BUILDERS[cls] = builder
-    if display: _install(cls)
+    known = cls in _display._REGISTRY                 # keep how a registered class displays; a new one only charts
+    _display.register(cls, chart=builder, install=True if display else (None if known else False))
 
 def chart(obj, **kw) -> Chart:
-    "The chart of a deeplens object (PatchingResult(s), LensResult, CHGResult, SteeringEvaluation, SAETrainer, FeatureStats, FeatureSummary)."
-    for cls in type(obj).__mro__:
-        if cls in _BUILDERS: return _BUILDERS[cls](obj, **kw)
+    "The chart of a deeplens object (PatchingResult(s), LensResult, CHGResult, SteeringEvaluation, SAETrainer, FeatureStats, FeatureSummary, ActivationStore)."
+    b = _display.chart_builder(type(obj))
+    if b is not None: return b(obj, **kw)
     if _is_altair(obj): return Chart(obj)
-    raise TypeError(f"no chart for {type(obj).__name__}; charts exist for {sorted(c.__name__ for c in _BUILDERS)} "
+    have = sorted(k for k, parts in _display.registered().items() if "chart" in parts)
+    raise TypeError(f"no chart for {type(obj).__name__}; charts exist for {have} "
                     "(or call a builder such as topk_bars / embedding_scatter on plain data)")
 
-def object_mimebundle(obj, include=None, exclude=None) -> dict:
-    "`text/plain` = repr(obj) plus the chart as `image/svg+xml` (text only when there is nothing to draw yet)."
-    bundle = {"text/plain": repr(obj)}
-    try: bundle["image/svg+xml"] = chart(obj).to_svg()
-    except ValueError: pass                    # nothing to draw yet (e.g. a trainer before its first log)
-    return _filter(bundle, include, exclude)
-
-def _install(cls: type):
-    if "_repr_mimebundle_" in vars(cls) or "_ipython_display_" in vars(cls): return False
-    cls._repr_mimebundle_ = object_mimebundle
-    return True
-
-def install_displays() -> list[str]:
-    "Give the chart-displayed deeplens classes a `_repr_mimebundle_` (those without their own); returns their names."
-    return [c.__name__ for c in _DISPLAYED if _install(c)]
-
-for _c, _b in ((PatchingResult, patching_heatmap), (PatchingResults, patching_heatmap), (LensResult, lens_heatmap),
-               (CHGResult, gate_heatmaps), (SteeringEvaluation, steering_sweep), (SAETrainer, training_curves),
-               (FeatureStats, density_histogram), (FeatureSummary, feature_histogram)):
-    register_chart(_c, _b)
-_DISPLAYED = (PatchingResult, PatchingResults, CHGResult, SteeringEvaluation, SAETrainer, FeatureStats)
-install_displays();
+_display.install();            # a no-op once `import deeplens` has installed the displays
