@@ -371,19 +371,10 @@ class CHGResult:
 
     def __repr__(self): return self.summary()
 
-    def chart(self, threshold: float = 0.5):
-        "Heatmaps of G⁺ and G⁻ (layer × head), and the roles (altair)."
-        import altair as alt
-        df = self.to_dataframe(threshold)
-        def heat(col, title):
-            return alt.Chart(df).mark_rect().encode(x="head:O", y=alt.Y("layer:O", sort="descending"),
-                color=alt.Color(f"{col}:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis")),
-                tooltip=["layer", "head", "G_plus", "G_minus", "role"]).properties(title=title)
-        roles = alt.Chart(df).mark_rect().encode(x="head:O", y=alt.Y("layer:O", sort="descending"),
-            color=alt.Color("role:N", scale=alt.Scale(domain=["facilitating", "irrelevant", "interfering"],
-                                                      range=["#2ca02c", "#cccccc", "#d62728"])),
-            tooltip=["layer", "head", "G_plus", "G_minus", "role"]).properties(title=f"role (t={threshold})")
-        return alt.hconcat(heat("G_plus", "G⁺ (retention)"), heat("G_minus", "G⁻ (removal)"), roles)
+    def chart(self, threshold: float = 0.5, **kw):
+        "Heatmaps of G⁺ and G⁻ (layer × head) and the roles: `deeplens.charts.gate_heatmaps`."
+        from deeplens.charts import gate_heatmaps
+        return gate_heatmaps(self, threshold, **kw)
 
     def save(self, path) -> Path:
         "One `.safetensors` file (atomic): per-mask gates as tensors, history and config as JSON metadata."

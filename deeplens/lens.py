@@ -301,6 +301,11 @@ def _altair():
         raise ImportError("lens charts need altair: pip install altair") from None
     return alt
 
+def _chart(c):
+    "Wrap an altair chart in `deeplens.charts.Chart`: it renders to SVG offline and never emits the vega-lite mimetype."
+    from deeplens.charts import Chart
+    return Chart(c)
+
 def _label(r: dict) -> str: return f"{r['position']}: {_show(r['token'], 12, True)}"
 
 def convergence_chart(result: LensResult, batch: int = 0, width: int = 260, height: int = 200):
@@ -321,7 +326,7 @@ def convergence_chart(result: LensResult, batch: int = 0, width: int = 260, heig
         tooltip=["layer:O", "mean(agree):Q"]).transform_calculate(agree="datum.agree ? 1 : 0").properties(
         width=width, height=height, title="share of positions agreeing with the final top-1")
     name = "Tuned lens" if result.kind == "tuned" else "Logit lens"
-    return alt.hconcat(kl, prob, agree).properties(title=f"{name}: convergence across layers")
+    return _chart(alt.hconcat(kl, prob, agree).properties(title=f"{name}: convergence across layers"))
 
 def preservation_chart(result: LensResult, batch: int = 0, width: int = 420, height: int = 240):
     "Rank of each position's own input token per layer (log scale, 1 = top), one line per position (altair)."
@@ -329,12 +334,12 @@ def preservation_chart(result: LensResult, batch: int = 0, width: int = 420, hei
     b = result._bi(batch)
     recs = [dict(r, label=_label(r)) for r in result._records() if r["batch"] == b]
     name = "Tuned lens" if result.kind == "tuned" else "Logit lens"
-    return alt.Chart(alt.Data(values=recs)).mark_line(point=True).encode(
+    return _chart(alt.Chart(alt.Data(values=recs)).mark_line(point=True).encode(
         x=alt.X("layer:Q", title="layer (resid_post)"),
         y=alt.Y("input_rank:Q", title="rank of the input token (1 = top)", scale=alt.Scale(type="log", reverse=True)),
         color=alt.Color("label:N", title="position", sort=None),
         tooltip=["layer:Q", "label:N", "input_rank:Q", "top1:N"]).properties(
-        width=width, height=height, title=f"{name}: input-token preservation")
+        width=width, height=height, title=f"{name}: input-token preservation"))
 
 LensResult.convergence_chart = lambda self, **kw: convergence_chart(self, **kw)
 LensResult.preservation_chart = lambda self, **kw: preservation_chart(self, **kw)

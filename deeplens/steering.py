@@ -247,18 +247,10 @@ class SteeringEvaluation:
         return (f"SteeringEvaluation(targets={self.target_tokens}, baseline P={self.baseline_prob:.4f}, "
                 f"baseline ppl={self.baseline_perplexity:.3f})\n" + "\n".join(rows))
 
-    def chart(self):
-        "Two panels: probability shift and perplexity ratio against the coefficient (altair)."
-        import altair as alt
-        df = self.to_dataframe()
-        base = alt.Chart(df).encode(x=alt.X("coefficient:Q", title="steering coefficient"))
-        shift = base.mark_line(point=True).encode(y=alt.Y("prob_shift:Q", title="Δ P(target)"),
-                                                  tooltip=["coefficient", "target_prob", "prob_shift"])
-        ppl = base.mark_line(point=True, color="#d62728").encode(y=alt.Y("perplexity_ratio:Q", title="perplexity ×",
-                                                                          scale=alt.Scale(zero=False)),
-                                                                 tooltip=["coefficient", "perplexity", "perplexity_ratio"])
-        return alt.hconcat(shift.properties(title="target shift", width=260, height=180),
-                           ppl.properties(title="cost on neutral text", width=260, height=180))
+    def chart(self, **kw):
+        "Target probability (mean, per prompt, baseline) and perplexity cost against the coefficient: `deeplens.charts.steering_sweep`."
+        from deeplens.charts import steering_sweep
+        return steering_sweep(self, **kw)
 
 # %% ../nbs/42_steering.ipynb #afa35976
 def _target_ids(model: HookedModel, target_tokens) -> list[int]:
