@@ -11,11 +11,13 @@ from deeplens.model import HookedModel
 from deeplens.lens import logit_lens
 from deeplens.heads import head_scores
 import deeplens.widgets as W
-from deeplens.widgets import TokenHeatmap, LogitLensView, AttentionView, TrainingMonitor, f32_array
+from deeplens.widgets import TokenHeatmap, LogitLensView, AttentionView, TrainingMonitor, FeatureExplorer, SteeringPanel, f32_array
+
+pytestmark = pytest.mark.usefixtures("one_thread")      # many small models on a small shared machine
 
 JS = Path(W.__file__).parent / "js"
 VIEWS = {TokenHeatmap: "token_heatmap.js", LogitLensView: "logit_lens.js", AttentionView: "attention.js",
-         TrainingMonitor: "training_monitor.js"}
+         TrainingMonitor: "training_monitor.js", FeatureExplorer: "feature_explorer.js", SteeringPanel: "steering_panel.js"}
 
 def frontend(widget, method, **data):
     "Deliver a comm message the way the browser's widget manager sends it (ipywidgets' _handle_msg)."
@@ -54,7 +56,7 @@ def test_esm_is_the_package_file(cls):
     assert str(cls._esm) == (JS / VIEWS[cls]).read_text()
     w = {TokenHeatmap: lambda: TokenHeatmap(["a"], [1.0]), TrainingMonitor: TrainingMonitor,
          AttentionView: lambda: AttentionView(torch.ones(1, 1, 1, 1), ["a"]),
-         LogitLensView: None}[cls]
+         LogitLensView: None, FeatureExplorer: None, SteeringPanel: None}[cls]
     if w is not None: assert w()._esm == (JS / VIEWS[cls]).read_text()    # the synced trait carries the file
 
 def test_import_deeplens_does_not_load_widgets():
@@ -214,7 +216,7 @@ class Node {
 globalThis.document = { createElement: (t) => new Node(t), createElementNS: (_, t) => new Node(t),
                         createTextNode: (s) => new Node("#text") };
 const find = (n, cls, out = []) => { if (n.className === cls) out.push(n); for (const c of n.children) find(c, cls, out); return out; };
-const [file, stateJson, bufJson] = process.argv.slice(2);
+const [file, stateJson, bufJson, actionsJson] = process.argv.slice(2);
 const state = JSON.parse(stateJson);
 for (const [k, b64] of Object.entries(JSON.parse(bufJson))) {
   const u = Buffer.from(b64, "base64"); const ab = new ArrayBuffer(u.length); new Uint8Array(ab).set(u);
@@ -227,14 +229,32 @@ const mod = await import(file);
 const el = new Node("div");
 mod.default.render({ model, el });
 const report = {};
-for (const cls of ["dl-token", "dl-cell", "dl-att-cell", "dl-metric", "dl-badge"]) report[cls] = find(el, cls).length;
-const first = find(el, "dl-token")[0] || find(el, "dl-cell")[0];
-if (first) first.fire("click");
+const CLASSES = ["dl-token", "dl-cell", "dl-att-cell", "dl-metric", "dl-badge", "dl-fe-hist", "dl-fe-density", "dl-fe-bar",
+                 "dl-fe-example", "dl-fe-tok", "dl-fe-logits", "dl-fe-logit", "dl-fe-feature", "dl-fe-search", "dl-sp-slider",
+                 "dl-sp-prompt", "dl-sp-baseline", "dl-sp-steered", "dl-sp-busy", "dl-sp-feature", "dl-sp-name"];
+for (const cls of CLASSES) report[cls] = find(el, cls).length;
+const actions = actionsJson ? JSON.parse(actionsJson) : null;
+if (actions === null) {
+  const first = find(el, "dl-token")[0] || find(el, "dl-cell")[0];
+  if (first) first.fire("click");
+} else {
+  report.initial = sent.splice(0);
+  for (const a of actions) {               // {cls, set: {prop: value}, fire: event, wait: ms}
+    const n = find(el, a.cls)[a.index || 0];
+    Object.assign(n, a.set || {});
+    if (a.fire) n.fire(a.fire);
+    if (a.wait) await new Promise((r) => setTimeout(r, a.wait));
+  }
+}
+const texts = (n, out = []) => { if (n.textContent) out.push(n.textContent); for (const c of n.children) texts(c, out); return out; };
+report.text = texts(el).join(" ");
+report.textOf = {};
+for (const cls of CLASSES) { const n = find(el, cls)[0]; if (n) report.textOf[cls] = texts(n).join(""); }
 report.sent = sent;
 console.log(JSON.stringify(report));
 """
 
-def render_in_node(widget, tmp_path):
+def render_in_node(widget, tmp_path, actions=None):
     import base64, json
     node = shutil.which("node") or ("/usr/bin/node" if os.path.exists("/usr/bin/node") else None)
     if node is None: pytest.skip("node is not on PATH")
@@ -242,7 +262,8 @@ def render_in_node(widget, tmp_path):
     b64 = {p[0]: base64.b64encode(bytes(b)).decode() for p, b in zip(paths, bufs)}
     mod = tmp_path / "view.mjs"; mod.write_text(widget._esm)          # the synced module text, as the browser gets it
     harness = tmp_path / "harness.mjs"; harness.write_text(NODE_HARNESS)
-    r = subprocess.run([node, str(harness), mod.as_uri(), json.dumps(state), json.dumps(b64)], capture_output=True, text=True)
+    args = [json.dumps(state), json.dumps(b64)] + ([json.dumps(actions)] if actions is not None else [])
+    r = subprocess.run([node, str(harness), mod.as_uri(), *args], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -258,3 +279,253 @@ def test_views_render_in_node(llama, tmp_path):
     assert av["dl-att-cell"] == 16 and av["dl-badge"] == 1
     mon = TrainingMonitor(); mon.update([{"step": 1, "loss": 1.0, "fvu": 0.5}, {"step": 2, "loss": 0.5, "fvu": 0.4}])
     assert render_in_node(mon, tmp_path)["dl-metric"] == 2
+
+# ---------------------------------------------------------------- FeatureExplorer and SteeringPanel (a text model, a store, an SAE)
+
+import deeplens.features as F
+from deeplens.model import load_model
+from deeplens.sae import SparseAutoencoder
+from deeplens.store import ActivationStore
+from deeplens.intervene import InterveneFeatures
+from deeplens.steering import SteeringVector, generate_with_steering
+from tiny import text_llama
+
+HOOK = "blocks.1.hook_resid_post"
+PROMPT = "The os module provides"
+
+@pytest.fixture(scope="module")
+def text_model(tok):
+    "A tiny random Llama with the default model's tokenizer; weights widened so features and steering show."
+    hf = text_llama(tok, n_ctx=64)
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            if p.ndim >= 2: p.normal_(0, 0.3)
+            elif "norm" in n: p.normal_(1.0, 0.2)
+    return load_model(hf, tokenizer=tok, verbose=False)
+
+@pytest.fixture(scope="module")
+def store(text_model, tmp_path_factory):
+    from pydoc_data.topics import topics
+    return ActivationStore.build(text_model, [topics[t] for t in sorted(topics)[:6]], [HOOK], 1200,
+                                 tmp_path_factory.mktemp("fe") / "store", context_size=32, progress=False)
+
+@pytest.fixture(scope="module")
+def sae():
+    torch.manual_seed(0)
+    s = SparseAutoencoder(32, 64, k=4, hook_name=HOOK)
+    with torch.no_grad(): s.b_enc.copy_(torch.linspace(-2, 2, 64))
+    return s.eval()
+
+@pytest.fixture(scope="module")
+def ref(sae, store):
+    "Feature statistics and histograms computed directly with deeplens.features (the explorer must show these)."
+    st = F.feature_stats(sae, store, k=5, progress=False)
+    h = F.activation_histogram(sae, store, None, bins=30, max_activation=st.max_activation, progress=False)
+    live = torch.nonzero(st.density > 0.02).reshape(-1).tolist()
+    return st, h, live
+
+def counting(monkeypatch):
+    "Count the store passes (feature_stats, activation_histogram) made from now on."
+    calls = {"feature_stats": 0, "activation_histogram": 0}
+    for name in calls:
+        real = getattr(F, name)
+        def wrap(*a, _real=real, _name=name, **kw):
+            calls[_name] += 1
+            return _real(*a, **kw)
+        monkeypatch.setattr(F, name, wrap)
+    return calls
+
+def test_feature_explorer_state_and_buffers(text_model, sae, store, ref, monkeypatch):
+    st, h, live = ref
+    f = live[-1]
+    calls = counting(monkeypatch)
+    w = FeatureExplorer(sae, store, model=text_model, feature=f, k=5, progress=False)
+    assert calls == {"feature_stats": 1, "activation_histogram": 1}                # one pass each, for every feature
+    assert w.feature == f and w.n_features == 64 and w.has_model
+    assert w.info["density"] == pytest.approx(float(st.density[f])) and w.info["n_tokens"] == len(store)
+    assert w.info["max_activation"] == pytest.approx(float(st.max_activation[f]))
+    assert {"hist", "hist_edges", "density_hist", "density_edges", "example_acts"} <= binary_keys(w)
+    np.testing.assert_array_equal(f32_array(w.hist, (w.n_bins,)), h["counts"][f].numpy().astype(np.float32))
+    np.testing.assert_allclose(f32_array(w.hist_edges, (w.n_bins + 1,)), h["edges"][f].numpy(), rtol=1e-6)
+    assert w.hist_zeros == int(h["zeros"][f]) == len(store) - int(h["counts"][f].sum())
+    d = st.density.numpy()
+    dc, de = np.histogram(np.log10(d[d > 0]), bins=30)
+    np.testing.assert_array_equal(f32_array(w.density_hist, (30,)), dc.astype(np.float32))
+    np.testing.assert_allclose(f32_array(w.density_edges, (31,)), de, rtol=1e-5)
+    assert w.n_dead == int((d == 0).sum())
+    # the examples are deeplens.features' max-activating rows, the centre token is the activating one
+    ex = F.max_activating_examples(sae, store, f, k=5, stats=st)
+    assert [e["row"] for e in w.examples] == ex["row"].tolist()
+    np.testing.assert_allclose([e["value"] for e in w.examples], ex["value"].tolist(), rtol=1e-6)
+    acts = f32_array(w.example_acts, w.example_shape)
+    assert w.example_shape[0] == len(ex) == 5
+    for i, e in enumerate(w.examples):
+        assert e["tokens"][e["center"]] == ex["token"].iloc[i]
+        assert acts[i, e["center"]] == pytest.approx(e["value"], rel=1e-5)
+        # every shaded token against a fresh forward of its whole context (NaN only where the store has no row: BOS)
+        ids, p = F.context_tokens(store, e["row"])
+        _, cache = text_model.run_with_cache(ids[None], names_filter=[HOOK])
+        z = sae.encode(cache[HOOK][0]).detach()[:, f].numpy()
+        lo = p - e["center"]
+        n = len(e["tokens"])
+        assert e["tokens"] == [text_model.tokenizer.decode([j]).replace("\n", "\\n") for j in ids[lo:lo + n].tolist()]
+        known = ~np.isnan(acts[i, :n])
+        np.testing.assert_allclose(acts[i, :n][known], z[lo:lo + n][known], atol=1e-4)
+        assert all(ids[lo + j] == text_model.tokenizer.bos_token_id for j in np.flatnonzero(~known))
+        assert np.isnan(acts[i, n:]).all()
+    lg = F.feature_logits(sae, text_model, [f], k=5)[0]
+    assert [d["id"] for d in w.top_logits] == lg["top_tokens"].tolist()
+    assert [d["id"] for d in w.bottom_logits] == lg["bottom_tokens"].tolist()
+    np.testing.assert_allclose([d["value"] for d in w.top_logits], lg["top_values"].tolist(), rtol=1e-5)
+    r = repr(w)
+    assert r.startswith(f"FeatureExplorer(feature {f} of 64 @ {HOOK}, 1,200 tokens") and "promotes" in r
+    assert repr(ex["text"].iloc[0]) in r
+
+def test_feature_explorer_frontend(text_model, sae, store, ref, monkeypatch):
+    st, h, live = ref
+    w = FeatureExplorer(sae, store, model=text_model, feature=live[0], k=5, stats=st, progress=False)
+    calls = counting(monkeypatch)
+    frontend(w, "custom", content={"type": "select", "feature": live[1]})          # the number box
+    assert w.feature == live[1]
+    assert [e["row"] for e in w.examples] == st.top_rows[live[1]][st.top_rows[live[1]] >= 0].tolist()
+    np.testing.assert_array_equal(f32_array(w.hist, (30,)), h["counts"][live[1]].numpy().astype(np.float32))
+    frontend(w, "update", state={"feature": live[2]}, buffer_paths=[])            # a synced trait change works too
+    assert w.feature == live[2] and w.info["density"] == pytest.approx(float(st.density[live[2]]))
+    w.select(live[3])                                                             # Python does what the picker does
+    assert w.examples[0]["row"] == int(st.top_rows[live[3], 0])
+    assert calls == {"feature_stats": 0, "activation_histogram": 0}               # no pass over the store per feature
+    frontend(w, "custom", content={"type": "select", "feature": 64})              # out of range: reported, not applied
+    assert w.feature == live[3] and "n_features = 64" in w.error
+    with pytest.raises(t_err(), match="n_features = 64"): w.feature = -1
+    with pytest.raises(TypeError, match="int"): w.select("3")
+
+def t_err():
+    import traitlets
+    return traitlets.TraitError
+
+def test_feature_explorer_search(text_model, sae, store, ref):
+    st, _, live = ref
+    w = FeatureExplorer(sae, store, model=text_model, feature=live[0], k=5, stats=st, progress=False)
+    q = w.examples[0]["tokens"][w.examples[0]["center"]].strip().lower() or "the"
+    frontend(w, "custom", content={"type": "search", "query": q.upper()})         # case-insensitive
+    res = w.search_results
+    assert w.query == q.upper() and live[0] in [r["feature"] for r in res]
+    # independently: features with a top activating token or a top logit token containing q
+    dec = lambda i: text_model.tokenizer.decode([int(i)])
+    expect = set()
+    for f in range(64):
+        rows = st.top_rows[f][st.top_rows[f] >= 0]
+        toks = [dec(i) for i in store.tokens(rows).tolist()] if len(rows) else []
+        toks += [dec(i) for i in F.feature_logits(sae, text_model, [f], k=5)[0]["top_tokens"]]
+        if any(q in s.lower() for s in toks): expect.add(f)
+    assert {r["feature"] for r in w.search(q, limit=1000)} == expect
+    exact = [r["exact"] for r in res]
+    assert exact == sorted(exact, reverse=True)                                  # exact token matches first
+    assert all(any(q in s.lower() for s in r["tokens"]) for r in res)
+    frontend(w, "custom", content={"type": "select", "feature": res[-1]["feature"]})   # clicking a result
+    assert w.feature == res[-1]["feature"]
+    assert w.search("") == [] and w.search_results == []
+
+def test_feature_explorer_without_model_and_errors(sae, store, ref, monkeypatch):
+    st, _, live = ref
+    calls = counting(monkeypatch)
+    w = FeatureExplorer(sae, store, feature=live[0], k=3, stats=st, progress=False)   # stats with k=5 ≥ 3: reused
+    assert calls["feature_stats"] == 0 and not w.has_model and w.top_logits == [] and len(w.examples) == 3
+    assert w.search(w.examples[0]["tokens"][w.examples[0]["center"]]) != []             # examples alone are searchable
+    dead = torch.nonzero(st.density == 0).reshape(-1).tolist()
+    if dead:
+        w.select(dead[0])
+        assert w.examples == [] and w.example_shape == [0, 0] and "never fires" in repr(w)
+    with pytest.raises(TypeError, match="HookedModel"): FeatureExplorer(sae, store, model="gpt2", stats=st, progress=False)
+    with pytest.raises(ValueError, match="k must be"): FeatureExplorer(sae, store, k=0, stats=st, progress=False)
+    with pytest.raises(t_err(), match="n_features = 64"): FeatureExplorer(sae, store, feature=64, stats=st, progress=False)
+    with pytest.raises(TypeError, match="SparseAutoencoder"): FeatureExplorer(object(), store)
+
+def record(widget):
+    "Record the state messages the widget sends to the frontend, in order."
+    sent = []
+    widget._send = lambda msg, buffers=None: sent.append(msg)
+    return sent
+
+def test_steering_panel_features(text_model, sae, ref):
+    f = ref[2][-1]
+    w = SteeringPanel(text_model, InterveneFeatures(sae), prompt=PROMPT, max_new_tokens=6)
+    assert w.kind == "feature" and w.n_features == 64 and w.coef_min == -10 and w.coef_max == 10
+    sent = record(w)
+    frontend(w, "custom", content={"type": "run", "prompt": PROMPT, "coefficient": 8.0, "feature": f})
+    assert w.error == "" and w.runs == 1 and not w.busy and w.coefficient == 8.0 and w.feature == f
+    plain = text_model.generate(PROMPT, max_new_tokens=6)
+    W_dec = sae.W_dec.detach()
+    manual = text_model.generate(PROMPT, max_new_tokens=6, fwd_hooks=[(HOOK, lambda a, h: a + 8.0 * W_dec[f])])
+    assert w.baseline_text == plain and w.steered_text == manual and manual != plain
+    # the frontend saw busy=True before the texts, then busy=False
+    seq = [k for m in sent for k in m["state"] if k in ("busy", "baseline_text", "steered_text")]
+    busy = [m["state"]["busy"] for m in sent if "busy" in m["state"]]
+    assert busy == [True, False] and seq.index("busy") < seq.index("steered_text") and seq[-1] == "busy"
+    # coefficient 0: the same as plain generation, and as running the hook with 0 (which the panel skips)
+    b, s = w.run(coefficient=0.0)
+    zero = text_model.generate(PROMPT, max_new_tokens=6, fwd_hooks=[(HOOK, lambda a, h: a + 0.0 * W_dec[f])])
+    assert b == s == plain == zero and w.steered_text == plain
+    # the baseline is cached per prompt: dragging the slider only regenerates the steered side
+    n = {"calls": 0}
+    real = text_model.generate
+    def count(*a, **kw):
+        n["calls"] += 1
+        return real(*a, **kw)
+    text_model.generate = count
+    try:
+        w.run(coefficient=-5.0); w.run(coefficient=5.0)
+        assert n["calls"] == 2
+        w.run(prompt="Python is")
+        assert n["calls"] == 4 and w.prompt == "Python is"
+    finally: del text_model.generate
+    assert "feature" in w.hint and repr(w).startswith(f"SteeringPanel(feature {f} of 64 @ {HOOK}, coefficient 5")
+    # bad input from the frontend is reported in `error`; from Python it raises
+    frontend(w, "custom", content={"type": "run", "prompt": PROMPT, "coefficient": 50.0, "feature": f})
+    assert "coef_range" in w.error and w.coefficient == 5.0
+    frontend(w, "custom", content={"type": "run", "prompt": PROMPT, "coefficient": 1.0, "feature": 99})
+    assert "n_features = 64" in w.error
+    with pytest.raises(t_err(), match="coef_range"): w.run(coefficient=-11)
+    with pytest.raises(ValueError, match="prompt is empty"): w.run(prompt="")
+    bare = SteeringPanel(text_model, sae, feature=f, coefficient=8.0, max_new_tokens=6)      # a bare SAE works too
+    assert bare.kind == "feature" and bare.run(PROMPT) == (plain, manual)
+
+def test_steering_panel_vectors(text_model):
+    g = torch.Generator().manual_seed(3)
+    vecs = {"a": SteeringVector(torch.randn(32, generator=g), layer=1), "b": SteeringVector(torch.randn(32, generator=g), layer=0)}
+    w = SteeringPanel(text_model, vecs, prompt=PROMPT, coefficient=2.0, max_new_tokens=6, coef_range=(-4, 4))
+    assert w.kind == "vector" and w.names == ["a", "b"] and w.name == "a" and w.coef_step == pytest.approx(0.04)
+    frontend(w, "custom", content={"type": "run", "prompt": PROMPT, "coefficient": 3.0, "name": "b"})
+    assert w.error == "" and w.name == "b"
+    v = vecs["b"].vector
+    manual = text_model.generate(PROMPT, max_new_tokens=6, fwd_hooks=[("blocks.0.hook_resid_pre", lambda a, h: a + 3.0 * v)])
+    assert w.steered_text == manual == generate_with_steering(text_model, PROMPT, vecs["b"], 3.0, max_new_tokens=6)
+    assert w.steered_text != w.baseline_text == text_model.generate(PROMPT, max_new_tokens=6)
+    assert w.run(coefficient=0.0) == (w.baseline_text, w.baseline_text)
+    frontend(w, "custom", content={"type": "run", "prompt": PROMPT, "coefficient": 1.0, "name": "zzz"})
+    assert "no steering vector named 'zzz'" in w.error
+    one = SteeringPanel(text_model, vecs["a"], max_new_tokens=4)
+    assert one.names == ["vector"] and "SteeringVector" in one.hint and "not run yet" in repr(one)
+    with pytest.raises(TypeError, match="InterveneFeatures, a SteeringVector"): SteeringPanel(text_model, {"x": 1})
+    with pytest.raises(TypeError, match="HookedModel"): SteeringPanel("gpt2", vecs)
+    with pytest.raises(ValueError, match="low < high"): SteeringPanel(text_model, vecs, coef_range=(1, 1))
+    with pytest.raises(ValueError, match="d_model"): SteeringPanel(text_model, SteeringVector(torch.ones(8), layer=0))
+
+def test_new_views_render_in_node(text_model, sae, store, ref, tmp_path):
+    st, _, live = ref
+    fe = FeatureExplorer(sae, store, model=text_model, feature=live[0], k=4, stats=st, progress=False)
+    out = render_in_node(fe, tmp_path, actions=[{"cls": "dl-fe-feature", "set": {"value": str(live[1])}, "fire": "change"}])
+    assert out["dl-fe-hist"] == out["dl-fe-density"] == out["dl-fe-logits"] == 1
+    assert out["dl-fe-example"] == 4 and out["dl-fe-bar"] == 30 + 30 and out["dl-fe-logit"] == 8
+    assert out["dl-fe-tok"] == sum(len(e["tokens"]) for e in fe.examples)
+    assert out["sent"] == [{"type": "select", "feature": live[1]}]
+    sp = SteeringPanel(text_model, InterveneFeatures(sae), prompt=PROMPT, max_new_tokens=4)
+    out = render_in_node(sp, tmp_path, actions=[{"cls": "dl-sp-slider", "set": {"value": "2.5"}, "fire": "input"},
+                                                 {"cls": "dl-sp-slider", "set": {"value": "3"}, "fire": "input", "wait": 450}])
+    assert all(out[c] == 1 for c in ("dl-sp-slider", "dl-sp-prompt", "dl-sp-baseline", "dl-sp-steered", "dl-sp-busy", "dl-sp-feature"))
+    assert out["initial"] == [{"type": "run", "prompt": PROMPT, "coefficient": 0, "feature": 0}]   # first display runs the prompt
+    assert out["sent"] == [{"type": "run", "prompt": PROMPT, "coefficient": 3, "feature": 0}]      # debounced: one message
+    sp.run(coefficient=4.0, feature=live[0])
+    out = render_in_node(sp, tmp_path, actions=[])
+    assert out["initial"] == [] and out["textOf"]["dl-sp-steered"] == sp.steered_text          # prompt + continuation
+    assert out["textOf"]["dl-sp-baseline"] == sp.baseline_text != sp.steered_text
