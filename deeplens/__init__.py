@@ -23,3 +23,12 @@ from deeplens.attribution import (direct_logit_attribution, integrated_gradients
                                   neuron_attribution)
 from deeplens.analyzer import ModelAnalyzer, ActivationRecord, score, trace
 from .display import install as _install_displays; _install_displays()
+
+_WIDGETS = ("TokenHeatmap", "LogitLensView", "AttentionView", "TrainingMonitor", "FeatureExplorer", "SteeringPanel")
+
+def __getattr__(name):
+    "The widget classes load on first use: `import deeplens` must not import anywidget / ipywidgets."
+    if name in _WIDGETS:
+        from deeplens import widgets
+        return getattr(widgets, name)
+    raise AttributeError(f"module 'deeplens' has no attribute {name!r}")
