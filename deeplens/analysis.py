@@ -50,39 +50,17 @@ def get_top_k_tokens(logits: torch.Tensor, k: int = 10, tokenizer=None, to_dataf
 
 # %% ../nbs/32_analysis.ipynb #1eafec43
 def save_chart(chart, save_name) -> Path:
-    "Write an altair chart to `save_name` (.html, .json, .svg, .png); returns the path."
+    "Write a chart to `save_name` (.html when no suffix, .json, .svg, .png), offline and atomically; returns the path."
+    from deeplens.charts import save_chart as _save
     p = Path(save_name)
-    if not p.suffix: p = p.with_suffix(".html")
-    fmt = p.suffix[1:].lower()
-    if fmt not in ("html", "json", "svg", "png"): raise ValueError(f"unsupported chart format {p.suffix!r}; use .html, .json, .svg or .png")
-    try: import vl_convert  # noqa: F401
-    except ImportError:
-        if fmt in ("svg", "png"):
-            raise ImportError(f"saving a chart as {fmt} needs the vl-convert-python package (pip install vl-convert-python); "
-                              "save as .html or .json instead") from None
-        have_vl = False
-    else: have_vl = True
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    try:
-        if fmt == "html": chart.save(str(tmp), format="html", inline=have_vl)
-        else: chart.save(str(tmp), format=fmt)
-        tmp.replace(p)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return p
+    return _save(chart, p if p.suffix else p.with_suffix(".html"))
 
 def plot_topk_distribution(logits: torch.Tensor, k: int = 20, tokenizer=None, position: int = -1, use_softmax: bool = True,
                            title: str | None = None, save_name=None):
     "Bar chart of the `k` top tokens at `position`: probabilities (`use_softmax`) or raw logits."
-    import altair as alt
-    df = get_top_k_tokens(logits, k, tokenizer, to_dataframe=True, position=position)
-    y = "probability" if use_softmax else "logit"
-    df["label"] = [f"{r}: {t!r}" for r, t in zip(df["rank"], df["token"])]
-    chart = alt.Chart(df).mark_bar().encode(
-        x=alt.X(f"{y}:Q", title=y), y=alt.Y("label:N", sort=None, title="token"),
-        tooltip=["rank", "token", "token_id", alt.Tooltip("logit:Q", format=".3f"), alt.Tooltip("probability:Q", format=".3g")],
-    ).properties(title=title or f"Top {k} next tokens (position {position})", width=400)
+    from deeplens.charts import topk_bars
+    chart = topk_bars(logits, k, tokenizer, position, value="probability" if use_softmax else "logit",
+                      title=title or f"Top {k} next tokens (position {position})", width=400)
     if save_name is not None: save_chart(chart, save_name)
     return chart
 
@@ -108,5 +86,7 @@ def generate_feature_heatmap(logits: torch.Tensor, save_name=None, tokens=None, 
         color=alt.Color("value:Q", scale=alt.Scale(scheme="redblue", domainMid=0, reverse=True)),
         tooltip=["row", "column", alt.Tooltip("value:Q", format=".3f")],
     ).properties(title=title or "Feature activations")
+    from deeplens.charts import Chart
+    chart = Chart(chart, f"<Chart: heatmap of {t.shape[0]} rows x {len(cols)} of {t.shape[1]} columns>")
     if save_name is not None: save_chart(chart, save_name)
     return chart

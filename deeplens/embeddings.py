@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 import altair as alt
+from .charts import Chart
 from .analyzer import as_hooked, _layers
 
 # %% auto #0
@@ -104,13 +105,13 @@ def _scatter(rows, xcol, ycol, xt, yt, title, color, width=320, height=280, text
     props = dict(width=width, height=height, **({"title": title} if title else {}))
     return alt.layer(*layers).properties(**props)
 
-def plot_embeddings_2d(embeddings, labels=None, method: str = "pca", title: str | None = None, color=None, **kw) -> alt.LayerChart:
+def plot_embeddings_2d(embeddings, labels=None, method: str = "pca", title: str | None = None, color=None, **kw) -> Chart:
     "Scatter of `[n, dim]` embeddings reduced to 2-D with `method`."
     coords, ratio = _reduce(embeddings, method, 2, **kw)
     xt, yt = _axis_titles(method, ratio, 2)
-    return _scatter(_rows(coords, labels, color), "c0", "c1", xt, yt, title or f"Embeddings ({method.upper()})", color)
+    return Chart(_scatter(_rows(coords, labels, color), "c0", "c1", xt, yt, title or f"Embeddings ({method.upper()})", color))
 
-def plot_embeddings_3d(embeddings, labels=None, method: str = "pca", title: str | None = None, color=None, **kw) -> alt.HConcatChart:
+def plot_embeddings_3d(embeddings, labels=None, method: str = "pca", title: str | None = None, color=None, **kw) -> Chart:
     """Embeddings reduced to 3-D, drawn as the three pairwise projections side by side (altair has no 3-D
     marks); clicking points in the first panel highlights them in all three."""
     coords, ratio = _reduce(embeddings, method, 3, **kw)
@@ -119,9 +120,9 @@ def plot_embeddings_3d(embeddings, labels=None, method: str = "pca", title: str 
     sel = alt.selection_point(fields=["index"], on="click", toggle="true", empty=True)
     panels = [_scatter(rows, f"c{a}", f"c{b}", t[a], t[b], None, color, 240, 220, text=False, sel=sel, own_sel=a == 0 and b == 1)
               for a, b in ((0, 1), (0, 2), (1, 2))]
-    return alt.hconcat(*panels).properties(title=title or f"Embeddings in 3-D ({method.upper()}), pairwise views")
+    return Chart(alt.hconcat(*panels).properties(title=title or f"Embeddings in 3-D ({method.upper()}), pairwise views"))
 
-def compare_reduction_methods(embeddings, labels=None, methods=None, color=None, **kw) -> alt.HConcatChart:
+def compare_reduction_methods(embeddings, labels=None, methods=None, color=None, **kw) -> Chart:
     """The same embeddings under several reducers, side by side. `methods=None` means PCA and t-SNE, plus
     UMAP when umap-learn is installed; a method named explicitly must be available."""
     if methods is None:
@@ -136,11 +137,11 @@ def compare_reduction_methods(embeddings, labels=None, methods=None, color=None,
         coords, ratio = _reduce(embeddings, m, 2, **kw)
         xt, yt = _axis_titles(m, ratio, 2)
         panels.append(_scatter(_rows(coords, labels, color), "c0", "c1", xt, yt, m.upper(), color, 260, 240))
-    return alt.hconcat(*panels)
+    return Chart(alt.hconcat(*panels))
 
 # %% ../nbs/61_embeddings.ipynb #dab4ca94
 def plot_layer_embeddings(model, text, *rest, layer_indices=None, method: str = "pca", joint: bool = False,
-                          tokenizer=None, **kw) -> alt.HConcatChart:
+                          tokenizer=None, **kw) -> Chart:
     "Tokens of `text` at the output of each of `layer_indices` (default: 4 evenly spaced), reduced to 2-D, one panel per layer."
     if not isinstance(text, str) and rest and isinstance(rest[0], str):   # old order: (model, tokenizer, text)
         tokenizer, text, rest = text, rest[0], rest[1:]
@@ -167,4 +168,4 @@ def plot_layer_embeddings(model, text, *rest, layer_indices=None, method: str = 
             reduced.append((c, *_axis_titles(method, r, 2)))
     panels = [_scatter(_rows(c, labels, None), "c0", "c1", xt, yt, f"layer {l}", None, 220, 200)
               for l, (c, xt, yt) in zip(ls, reduced)]
-    return alt.hconcat(*panels).properties(title=f"{text!r} through the layers ({method.upper()}{', shared basis' if joint else ''})")
+    return Chart(alt.hconcat(*panels).properties(title=f"{text!r} through the layers ({method.upper()}{', shared basis' if joint else ''})"))
