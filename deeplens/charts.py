@@ -202,7 +202,10 @@ def feature_histogram(source, feature: int | None = None, bins: int = 30, column
     """Histogram of a feature's nonzero activations: from `activation_histogram(...)`'s dict, a `FeatureSummary`,
     or a 1-d tensor of activations. `feature` picks one of several."""
     alt = _alt()
-    if isinstance(source, FeatureSummary): source = source.histogram
+    if isinstance(source, FeatureSummary):          # one feature's 1-d histogram → the multi-feature layout
+        h = source.histogram
+        source = {"features": [source.feature], "counts": _tensor(h["counts"], "counts")[None],
+                  "edges": _tensor(h["edges"], "edges")[None], **({"zeros": torch.tensor([int(h["zeros"])])} if "zeros" in h else {})}
     if isinstance(source, dict):
         missing = {"features", "counts", "edges"} - set(source)
         if missing: raise ValueError(f"histogram dict lacks {sorted(missing)}: pass the output of activation_histogram()")

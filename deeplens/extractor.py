@@ -163,7 +163,7 @@ class FromHuggingFace:
 
     def _build(self, out: Path) -> ActivationStore:
         return ActivationStore.build(self.model, self.corpus, self.hook, self.n_tokens, out, context_size=self.seq_length,
-                                     batch_size=self.batch_size, dtype=self.dtype, resume=self.resume,
+                                     batch_size=self.batch_size, dtype=self.dtype, resume=self.resume and not self.overwrite,
                                      overwrite=self.overwrite, progress=self.progress)
 
     def extract_features(self) -> torch.Tensor:

@@ -85,6 +85,16 @@ def _dtype(dtype):
     if not isinstance(d, torch.dtype): raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
     return d
 
+@contextlib.contextmanager
+def _quiet_transformers(quiet: bool):
+    "With `quiet`, hide transformers' weight-loading progress bars for the duration (restored after)."
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled()
+    if quiet: hf_logging.disable_progress_bar()
+    try: yield
+    finally:
+        if quiet and was: hf_logging.enable_progress_bar()
+
 def load_model(name_or_path=None, *, tokenizer=None, device="auto", dtype=None, verbose: bool = True, **hf_kwargs) -> "HookedModel":
     """Wrap a causal LM as a `HookedModel`: None (embedded default), a hub id, a local directory,
     a `.gguf` file, or an already-built `PreTrainedModel` (wrapped in place)."""
@@ -102,11 +112,12 @@ def load_model(name_or_path=None, *, tokenizer=None, device="auto", dtype=None, 
         raise TypeError(f"load_model expects a name, a path or a PreTrainedModel, got {type(name_or_path).__name__}")
     t0 = time.perf_counter()
     src = default_model_path(verbose) if name_or_path is None else name_or_path
-    if str(src).endswith(".gguf"):
-        hf, tok = _load_gguf(src, dtype, **hf_kwargs)
-    else:
-        hf = AutoModelForCausalLM.from_pretrained(src, dtype=dtype or torch.float32, **hf_kwargs)
-        tok = AutoTokenizer.from_pretrained(src)
+    with _quiet_transformers(not verbose):
+        if str(src).endswith(".gguf"):
+            hf, tok = _load_gguf(src, dtype, **hf_kwargs)
+        else:
+            hf = AutoModelForCausalLM.from_pretrained(src, dtype=dtype or torch.float32, **hf_kwargs)
+            tok = AutoTokenizer.from_pretrained(src)
     hf.to(_device(device)).eval()
     if verbose and name_or_path is None: _say(f"loaded {DEFAULT_MODEL} in {time.perf_counter() - t0:.1f}s")
     return HookedModel(hf, tokenizer or tok)

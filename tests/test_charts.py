@@ -194,6 +194,11 @@ def test_feature_histogram_from_dict_and_tensor():
     assert marks(c.to_svg(), "bar") == 6
     one = C.feature_histogram(h, feature=7)
     assert [r["count"] for r in values(one)] == [2, 2, 2] and "94 zero" in one.to_svg()
+    import pandas as pd
+    from deeplens.features import FeatureSummary         # feature_summary keeps one feature's 1-d histogram
+    s = FeatureSummary(7, "blocks.0.hook_resid_post", 100, .06, .1, 1., 1.5,
+                       {"counts": h["counts"][1], "edges": h["edges"][1], "zeros": 94}, pd.DataFrame(), [], [])
+    assert values(C.feature_histogram(s)) == values(one) and values(C.chart(s)) == values(one)
     acts = torch.tensor([0, 0, 0, 0.5, 1.5, 2.5, 2.6, 0])
     t = C.feature_histogram(acts, bins=2)
     assert [r["count"] for r in values(t)] == [2, 2] and "4 zero" in t.to_svg()   # 0.5..1.55 and 1.55..2.6

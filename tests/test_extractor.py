@@ -217,6 +217,10 @@ def test_from_hf_rows_equal_reference(tiny_tok, jsonl, tmp_path):
     with pytest.raises(ValueError, match="different ActivationStore"):
         FromHuggingFace(other, layer=-2, dataset_name=str(jsonl), text_field="body", num_samples=5, seq_length=16,
                         out_dir=tmp_path / "feats", progress=False).extract_features()
+    # ...unless overwrite=True: the other model's rows replace the store (resume is implied off)
+    redo = FromHuggingFace(other, layer=-2, dataset_name=str(jsonl), text_field="body", num_samples=5, seq_length=16,
+                           out_dir=tmp_path / "feats", overwrite=True, progress=False).extract_features()
+    torch.testing.assert_close(redo, reference_rows(other, DOCS, 16, 80, fh.hook), atol=1e-5, rtol=1e-5)
 
 def test_from_hf_no_save_leaves_nothing(tiny_tok, tmp_path):
     fh = FromHuggingFace(tiny_tok, layer=0, dataset_name=DOCS, num_samples=3, seq_length=16, hook="hook_resid_post",

@@ -240,3 +240,19 @@ def test_cached_result_equals_hooked_result(tiny):
     _, c = m.run_with_cache(ids, "blocks.1.attn.hook_result", pos_slice=slice(2, 5))
     assert "blocks.1.attn.hook_z" not in c                      # z was kept only to compute the result
     torch.testing.assert_close(c["blocks.1.attn.hook_result"], seen["r"][:, 2:5], atol=0, rtol=0)
+
+
+def test_load_model_quiet_hides_hf_progress_bars(tmp_path, monkeypatch):
+    import transformers as T
+    from transformers.utils import logging as hf_logging
+    from deeplens.model import load_model
+    hf = tiny_hf("llama"); hf.save_pretrained(tmp_path / "m")
+    seen, real = [], T.AutoModelForCausalLM.from_pretrained
+    def spy(*a, **k):
+        seen.append(hf_logging.is_progress_bar_enabled()); return real(*a, **k)
+    monkeypatch.setattr(T.AutoModelForCausalLM, "from_pretrained", spy)
+    monkeypatch.setattr(T.AutoTokenizer, "from_pretrained", lambda *a, **k: None)
+    assert hf_logging.is_progress_bar_enabled()
+    load_model(str(tmp_path / "m"), verbose=False)
+    load_model(str(tmp_path / "m"))
+    assert seen == [False, True] and hf_logging.is_progress_bar_enabled()   # hidden while quiet, restored after
