@@ -72,11 +72,54 @@ def _use_sparse(k: int, d_sae: int, device: torch.device) -> bool:
     if device.type == "cuda": return 64 * k <= d_sae
     return d_sae >= 4096 and 16 * k <= d_sae
 
+def _scatter_rows(idx: torch.Tensor, w: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    "[n, d]: row `i` is Σ over (b, j) with idx[b, j] == i of w[b, j] · rows[b] (a COO × dense product)."
+    B, k = idx.shape
+    at = torch.stack([idx.reshape(-1), torch.arange(B, device=idx.device).repeat_interleave(k)])
+    S = torch.sparse_coo_tensor(at, w.reshape(-1).to(rows.dtype), (n, B), check_invariants=False)
+    return torch.sparse.mm(S, rows)
+
+def _gather_dot(idx: torch.Tensor, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    "[B, k]: table[idx[b, j]] · rows[b] — `embedding_bag`'s per-sample-weight gradient, which does exactly this."
+    with torch.enable_grad():
+        w = torch.ones(idx.shape, dtype=table.dtype, device=table.device, requires_grad=True)
+        out = F.embedding_bag(idx, table.detach(), per_sample_weights=w, mode="sum")
+        return torch.autograd.grad(out, w, rows)[0]
+
+class _GatherLinear(torch.autograd.Function):
+    "`pre[b, idx[b, j]]` for `pre = x @ W + b` given without history; the backward touches only the kept columns."
+    @staticmethod
+    def forward(ctx, x, W, b, pre, idx):
+        ctx.save_for_backward(x, W, idx)
+        return pre.gather(-1, idx)
+    @staticmethod
+    def backward(ctx, g):
+        x, W, idx = ctx.saved_tensors
+        gx = gW = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = F.embedding_bag(idx, W.T.contiguous(), per_sample_weights=g.to(W.dtype), mode="sum").to(x.dtype)
+        if ctx.needs_input_grad[1]: gW = _scatter_rows(idx, g, x.to(W.dtype), W.shape[1]).T.contiguous()
+        if ctx.needs_input_grad[2]:
+            gb = torch.zeros(W.shape[1], dtype=W.dtype, device=W.device).index_add_(0, idx.reshape(-1), g.reshape(-1).to(W.dtype))
+        return gx, gW, gb, None, None
+
+class _SparseDecode(torch.autograd.Function):
+    "`Σ_j vals[b, j] · W[idx[b, j]]`; the backward touches only the used rows of `W`."
+    @staticmethod
+    def forward(ctx, vals, idx, W):
+        ctx.save_for_backward(vals, idx, W)
+        return F.embedding_bag(idx, W, per_sample_weights=vals.to(W.dtype), mode="sum")
+    @staticmethod
+    def backward(ctx, g):
+        vals, idx, W = ctx.saved_tensors
+        gv = _gather_dot(idx, W, g).to(vals.dtype) if ctx.needs_input_grad[0] else None
+        gW = _scatter_rows(idx, vals, g, W.shape[0]) if ctx.needs_input_grad[2] else None
+        return gv, None, gW
+
 def _decode_sparse(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
-    "Σ_j vals[..., j] · W_dec[idx[..., j]] without touching the other rows of `W_dec`."
+    "Σ_j vals[..., j] · W_dec[idx[..., j]] without touching the other rows of `W_dec` (forward or backward)."
     shape = vals.shape[:-1]
-    out = F.embedding_bag(idx.reshape(-1, idx.shape[-1]), W_dec, per_sample_weights=vals.reshape(-1, vals.shape[-1]),
-                          mode="sum")
+    out = _SparseDecode.apply(vals.reshape(-1, vals.shape[-1]), idx.reshape(-1, idx.shape[-1]), W_dec)
     return out.reshape(*shape, W_dec.shape[-1])
 
 # %% ../nbs/20_sae.ipynb #0e8adeac
@@ -153,15 +196,16 @@ def _x_in(self: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
 
 def _act(self: SparseAutoencoder, t): return F.silu(t) if self.activation == "silu" else F.relu(t)
 
-def _encode(self: SparseAutoencoder, x: torch.Tensor) -> tuple:
+def _encode(self: SparseAutoencoder, x: torch.Tensor, dense: bool = True) -> tuple:
     """→ (z, z_pre, extra): dense code, pre-activations, and what the loss or a sparse decode needs
-    (`topk`: (vals, idx); `gated`: π_mag; `batchtopk` in training: the selected (vals, flat idx))."""
+    (`topk`: (vals, idx); `gated`: π_mag). On TopK's sparse path `dense=False` skips building `z` (None)."""
     xi = _x_in(self, x)
     a = self.architecture
     if a == "gated":
         pi_gate = xi @ self.W_enc + self.b_gate
         pi_mag = xi @ (self.W_enc * self.r_mag.exp()) + self.b_mag
         return (pi_gate > 0).to(pi_mag.dtype) * F.relu(pi_mag), pi_gate, pi_mag
+    if a == "topk" and _sparse_ok(self): return _encode_topk_sparse(self, xi, dense)
     pre = xi @ self.W_enc + self.b_enc
     if a == "relu": return _act(self, pre), pre, None
     if a == "jumprelu": return _JumpReLU.apply(F.relu(pre), self.threshold, self.bandwidth), pre, None
@@ -179,6 +223,19 @@ def _encode(self: SparseAutoencoder, x: torch.Tensor) -> tuple:
     z = torch.zeros_like(flat).scatter(-1, top.indices, top.values).reshape(act.shape)
     _update_threshold(self, top.values.detach())
     return z, pre, None
+
+def _encode_topk_sparse(self: SparseAutoencoder, xi: torch.Tensor, dense: bool = True) -> tuple:
+    """TopK on the sparse path: choose the `k` latents without autograd, then differentiate only those entries.
+    (ReLU is monotone, so the top `k` of `z_pre` are the top `k` of `relu(z_pre)`: no dense ReLU is needed.)"""
+    shape, d = xi.shape[:-1], self.d_sae
+    x2 = xi.reshape(-1, self.d_in)
+    with torch.no_grad():
+        pre = torch.addmm(self.b_enc, x2, self.W_enc)
+        score = F.silu(pre).abs() if self.activation == "silu" else pre
+        idx = score.topk(self.k, dim=-1, sorted=False).indices
+    vals = _act(self, _GatherLinear.apply(x2, self.W_enc, self.b_enc, pre, idx))
+    z = pre.new_zeros(pre.shape).scatter(-1, idx, vals).reshape(*shape, d) if dense else None
+    return z, pre.reshape(*shape, d), (vals.reshape(*shape, self.k), idx.reshape(*shape, self.k))
 
 @torch.no_grad()
 def _update_threshold(self: SparseAutoencoder, kept: torch.Tensor):
@@ -203,12 +260,16 @@ def _sparse_ok(self: SparseAutoencoder) -> bool:
     if self.sparse_decode is not None: return bool(self.sparse_decode)
     return _use_sparse(self.k, self.d_sae, self.W_enc.device)
 
-def forward(self: SparseAutoencoder, x: torch.Tensor) -> tuple:
-    "→ `(x_hat, z, z_pre)`: reconstruction, feature activations, pre-activations."
-    z, pre, extra = _encode(self, x)
+def _forward(self: SparseAutoencoder, x: torch.Tensor, dense: bool = True) -> tuple:
+    "→ (x_hat, z, z_pre, extra); `dense=False` leaves `z` None on TopK's sparse path."
+    z, pre, extra = _encode(self, x, dense)
     if self.architecture == "topk" and _sparse_ok(self): x_hat = _decode_sparse(*extra, self.W_dec) + self.b_dec
     else: x_hat = z @ self.W_dec + self.b_dec
-    return x_hat, z, pre
+    return x_hat, z, pre, extra
+
+def forward(self: SparseAutoencoder, x: torch.Tensor) -> tuple:
+    "→ `(x_hat, z, z_pre)`: reconstruction, feature activations, pre-activations."
+    return _forward(self, x)[:3]
 
 SparseAutoencoder.encode, SparseAutoencoder.decode, SparseAutoencoder.forward = encode, decode, forward
 
@@ -220,17 +281,32 @@ def auxk_loss(self: SparseAutoencoder, x: torch.Tensor, x_hat: torch.Tensor, z_p
     if n_dead == 0: return x_hat.new_zeros(())
     k_aux = min(self.d_in // 2, n_dead)
     scale = min(n_dead / (self.d_in // 2), 1.0)
-    dead_pre = torch.where(dead_mask.to(z_pre.device), F.relu(z_pre), torch.full_like(z_pre, -torch.inf))
-    vals, idx = dead_pre.topk(k_aux, dim=-1, sorted=False)
+    dead_pre = torch.where(dead_mask.to(z_pre.device), F.relu(z_pre.detach()), torch.full_like(z_pre, -torch.inf))
+    idx = dead_pre.topk(k_aux, dim=-1, sorted=False).indices
+    if z_pre.requires_grad or not torch.is_grad_enabled(): vals = F.relu(z_pre.gather(-1, idx))
+    else:   # z_pre came from the sparse path without history: differentiate the chosen entries only
+        xi = _x_in(self, x).reshape(-1, self.d_in)
+        pre2, idx2 = z_pre.reshape(-1, self.d_sae), idx.reshape(-1, k_aux)
+        vals = F.relu(_GatherLinear.apply(xi, self.W_enc, self.b_enc, pre2, idx2)).reshape(idx.shape)
     e_hat = _decode_sparse(vals, idx, self.W_dec)
     e = (x.to(x_hat.dtype) - x_hat).detach()
     return scale * (e_hat - e).pow(2).mean()
 
+def _sparse_code(vals: torch.Tensor, idx: torch.Tensor, d_sae: int) -> torch.Tensor:
+    "The TopK code as a sparse COO tensor [rows, d_sae] (detached): `batch·k` entries, no dense matrix."
+    v, i = vals.detach().reshape(-1, vals.shape[-1]), idx.reshape(-1, idx.shape[-1])
+    rows = torch.arange(i.shape[0], device=i.device).repeat_interleave(i.shape[1])
+    return torch.sparse_coo_tensor(torch.stack([rows, i.reshape(-1)]), v.reshape(-1), (i.shape[0], d_sae),
+                                   check_invariants=False)
+
 def loss(self: SparseAutoencoder, x: torch.Tensor, *, dead_mask: torch.Tensor | None = None,
-         sparsity_scale: float = 1.0, return_outputs: bool = False) -> tuple:
+         sparsity_scale: float = 1.0, return_outputs: bool = False, sparse_codes: bool = False) -> tuple:
     """→ `(total, parts)`: the training loss of this architecture and a dict of its detached terms;
-    with `return_outputs`, `(total, parts, (x_hat, z, z_pre))` — the forward the loss was built from."""
-    x_hat, z, pre = forward(self, x)
+    with `return_outputs`, `(total, parts, (x_hat, z, z_pre))` — the forward the loss was built from
+    (with `sparse_codes`, a TopK SAE on its sparse path gives `z` as a detached sparse COO tensor [rows, d_sae])."""
+    on_sparse = self.architecture == "topk" and _sparse_ok(self)
+    sparse = on_sparse and return_outputs and sparse_codes
+    x_hat, z, pre, extra = _forward(self, x, dense=not on_sparse or (return_outputs and not sparse_codes))
     a = self.architecture
     xt = x.to(x_hat.dtype)
     mse = (x_hat - xt).pow(2).mean()
@@ -252,7 +328,9 @@ def loss(self: SparseAutoencoder, x: torch.Tensor, *, dead_mask: torch.Tensor | 
     elif dead_mask is not None:
         parts["auxk"] = auxk_loss(self, x, x_hat, pre, dead_mask)
         total = total + self.auxk_coeff * parts["auxk"]
-    parts["l0"] = (z != 0).sum(-1).float().mean()
+    if z is None or sparse: parts["l0"] = (extra[0] != 0).sum(-1).float().mean()
+    else: parts["l0"] = (z != 0).sum(-1).float().mean()
+    if sparse: z = _sparse_code(*extra, self.d_sae)
     parts["loss"] = total
     parts = {n: v.detach() for n, v in parts.items()}
     return (total, parts, (x_hat, z, pre)) if return_outputs else (total, parts)

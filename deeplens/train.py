@@ -80,13 +80,32 @@ def _arch(sae: nn.Module) -> str:
     if getattr(sae, "k", None): return "topk"
     return "relu"
 
+def _loss_params(sae: nn.Module) -> frozenset:
+    "Keyword names `sae.loss` accepts (looked up once per loss function: `inspect` is slow for every step)."
+    fn = getattr(sae.loss, "__func__", sae.loss)
+    got = _LOSS_PARAMS.get(fn)
+    if got is None: got = _LOSS_PARAMS[fn] = frozenset(inspect.signature(sae.loss).parameters)
+    return got
+
+_LOSS_PARAMS: dict = {}
+
+def _active_counts(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "(active entries in all, active rows per latent) of a code `z` [rows, d_sae], dense or sparse COO (float64)."
+    if z.is_sparse:
+        v, i = z._values(), z._indices()[1]
+        on = v != 0
+        return on.sum().double(), torch.bincount(i[on], minlength=z.shape[-1]).double()
+    active = z.detach() != 0
+    return active.sum().double(), active.sum(0).double()
+
 def _run_sae(sae: nn.Module, x: torch.Tensor, dead: torch.Tensor | None = None, sparsity_scale: float = 1.0):
     """One training forward → (total loss, parts, x_hat, z). A `SparseAutoencoder` hands back the forward its
     loss was built from (`loss(..., return_outputs=True)`), so the codes are available for metrics without a
     second forward; other modules use `loss` and a no-grad `forward` for metrics."""
-    kw, params = {}, inspect.signature(sae.loss).parameters
+    kw, params = {}, _loss_params(sae)
     if "dead_mask" in params and dead is not None: kw["dead_mask"] = dead
     if "sparsity_scale" in params and sparsity_scale != 1.0: kw["sparsity_scale"] = sparsity_scale
+    if "sparse_codes" in params: kw["sparse_codes"] = True
     if "return_outputs" in params:
         total, parts, (x_hat, z, _) = sae.loss(x, return_outputs=True, **kw)
         return total, dict(parts), x_hat, z
@@ -196,6 +215,18 @@ def latest_checkpoint(path) -> Path | None:
     return None
 
 # %% ../nbs/21_train.ipynb #00688dd0
+def _adam(params, lr: float) -> torch.optim.Optimizer:
+    "Adam, fused where PyTorch has the fused kernel for these parameters (one pass per step instead of ~10)."
+    params = list(params)
+    try: return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError): return torch.optim.Adam(params, lr=lr)
+
+def _auto_batch(total_tokens: int, world: int = 1) -> int:
+    "About 1000 steps: `total_tokens/1000` rounded to a power of two in [256, 4096] (and divisible by `world`)."
+    b = 2 ** round(math.log2(max(1.0, total_tokens / 1000)))
+    b = min(4096, max(256, b))
+    return -(-b // world) * world
+
 def _resolve_device(device) -> torch.device:
     if device in (None, "auto"):
         if torch.cuda.is_available():
@@ -221,9 +252,8 @@ class _Objective(nn.Module):
         stats = {}
         if x_hat is not None:
             xd, rd = x.detach().double(), (x - x_hat.float()).detach().double()
-            active = z.detach() != 0
-            stats = {"sse": rd.pow(2).sum(), "sx": xd.sum(0), "sxx": xd.pow(2).sum(), "l0": active.sum().double(),
-                     "fires": active.sum(0).double()}
+            l0, fires = _active_counts(z)
+            stats = {"sse": rd.pow(2).sum(), "sx": xd.sum(0), "sxx": xd.pow(2).sum(), "l0": l0, "fires": fires}
         return total, parts, stats
 
 # %% ../nbs/21_train.ipynb #ae1ad32b
@@ -235,12 +265,13 @@ class SAETrainer:
                  device: str = "auto", grad_clip_norm: float | None = None, lrs_type: str | None = None,
                  eval_steps: int = 5000, warmup_fraction: float = 0.1, save_best_only: bool = True,
                  log_to_wandb: bool = False, *, store=None, hook: str | None = None, total_tokens: int | None = None,
-                 batch_size: int = 4096, eval_store=None, eval_tokens: int | None = None, lr: float | None = None,
+                 batch_size: int | None = None, eval_store=None, eval_tokens: int | None = None, lr: float | None = None,
                  out_dir=None, checkpoint_steps: int | None = None, keep_checkpoints: int = 2, resume_from=None,
                  b_dec_init: str | None = "geometric_median", auxk: bool = True,
                  dead_tokens: int = 10_000_000, dense_threshold: float = 0.1, l1_warmup_fraction: float = 0.05,
                  log_steps: int = 50, log_to_tensorboard: bool = False, wandb_project: str = "deeplens",
-                 progress: bool = True, callbacks: Iterable[Callable] = ()):
+                 progress: bool = True, callbacks: Iterable[Callable] = (),
+                 normalize_activations: str | float | None = "auto"):
         if not isinstance(model, nn.Module) or not callable(getattr(model, "loss", None)):
             raise TypeError(f"model must be an nn.Module with a loss(x) method (a SparseAutoencoder), got {type(model).__name__}")
         if (store is None) == (train_dataloader is None):
@@ -255,6 +286,19 @@ class SAETrainer:
         self.eval_steps, self.warmup_fraction, self.save_best_only = eval_steps, warmup_fraction, save_best_only
         self.log_to_wandb, self.log_to_tensorboard, self.wandb_project = log_to_wandb, log_to_tensorboard, wandb_project
         self.b_dec_init, self.dead_tokens = b_dec_init, int(dead_tokens)
+        na = normalize_activations
+        if not (na in (None, "auto", "expected_average") or (isinstance(na, (int, float)) and not isinstance(na, bool) and na > 0)):
+            raise ValueError(f"normalize_activations must be 'auto', 'expected_average', None or a positive factor, got {na!r}")
+        foldable = (getattr(model, "activation", "relu") == "relu" and not getattr(model, "input_norm", False)
+                    and isinstance(getattr(model, "b_dec", None), torch.Tensor))
+        if na == "auto":      # SAEs whose sparsity comes from a penalty need it (see "Scaling the activations")
+            na = "expected_average" if foldable and _arch(model) in ("relu", "gated", "jumprelu") else None
+        if na is not None and not foldable:
+            raise ValueError("normalize_activations needs an SAE whose codes scale with its input (ReLU-type "
+                             "activation, no input_norm LayerNorm, a b_dec), so the scale can be folded into its biases")
+        self.normalize_activations = na
+        self.act_scale = float(na) if isinstance(na, (int, float)) else 1.0
+        self._scaled_state = None
         self.dense_threshold, self.l1_warmup_fraction, self.log_steps = dense_threshold, l1_warmup_fraction, log_steps
         self.keep_checkpoints, self.progress, self.callbacks = keep_checkpoints, progress, list(callbacks)
         self.out_dir = Path(out_dir) if out_dir is not None else Path("runs") / model_name
@@ -289,6 +333,7 @@ class SAETrainer:
             if self.d_in is not None and width != self.d_in:
                 raise ValueError(f"d_in mismatch: the store's {hook} rows have width {width} but the SAE expects "
                                  f"d_in={self.d_in}; build the SAE with input_dims={width} or pick the matching hook")
+            if batch_size is None: batch_size = _auto_batch(int(total_tokens) if total_tokens else epochs * len(self.store), self.world)
             if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
             if batch_size % self.world: raise ValueError(f"batch_size {batch_size} must be divisible by the world size {self.world}")
             self.batch_size = batch_size
@@ -300,7 +345,7 @@ class SAETrainer:
         else:
             self.store, self.hook, self.stream, self.eval_store = None, hook, None, None
             n = len(train_dataloader)
-            self.batch_size = getattr(train_dataloader, "batch_size", None) or batch_size
+            self.batch_size = getattr(train_dataloader, "batch_size", None) or batch_size or 4096
             self.total_tokens = total_tokens
             self.total_steps = max(1, -(-int(total_tokens) // self.batch_size)) if total_tokens else epochs * n
             self._it, self._it_epoch = None, -1
@@ -308,8 +353,8 @@ class SAETrainer:
 
         self.model.to(self.device)
         # optimizer
-        if lr is None: lr = 2e-4 * math.sqrt(16384 / max(1, self.d_sae or 16384))
-        if optim is None: optim = torch.optim.Adam(model.parameters(), lr=lr)
+        if lr is None: lr = 1e-3 * math.sqrt(16384 / max(1, self.d_sae or 16384))
+        if optim is None: optim = _adam(model.parameters(), lr)
         elif isinstance(optim, type) and issubclass(optim, torch.optim.Optimizer): optim = optim(model.parameters(), lr=lr)
         elif not isinstance(optim, torch.optim.Optimizer):
             raise TypeError(f"optim must be a torch.optim.Optimizer, an optimizer class or None, got {type(optim).__name__}")
@@ -347,6 +392,7 @@ class SAETrainer:
             "lrs_type": self.lrs_type, "warmup_fraction": self.warmup_fraction, "grad_clip_norm": self.grad_clip_norm,
             "bf16": self.bf16, "auxk": self._aux_on, "auxk_coeff": getattr(m, "auxk_coeff", None) if self._aux_on else None,
             "dead_tokens": self.dead_tokens, "l1_warmup_fraction": self.l1_warmup_fraction, "b_dec_init": self.b_dec_init,
+            "normalize_activations": self.normalize_activations,
             "world_size": self.world,
         }
 
@@ -394,9 +440,11 @@ def _get_batch(self: SAETrainer, step: int) -> tuple[torch.Tensor, torch.Tensor 
     return x.to(self.device, torch.float32, non_blocking=True), None
 
 def _init_b_dec(self: SAETrainer, n_rows: int = 32768):
-    "Set `b_dec` to the geometric median (or mean) of up to `n_rows` training rows (same rows on every rank)."
+    """Set `b_dec` to the geometric median (or mean) of up to `n_rows` training rows (same rows on every rank);
+    with `normalize_activations="expected_average"`, first set the scale factor from the same rows."""
     b = getattr(self.model, "b_dec", None)
-    if self.b_dec_init is None or not isinstance(b, torch.Tensor): return
+    want_b = self.b_dec_init is not None and isinstance(b, torch.Tensor)
+    if not want_b and self.normalize_activations != "expected_average": return
     if self.store is not None:
         n = len(self.store)
         g = torch.Generator().manual_seed(self.random_seed)
@@ -414,6 +462,10 @@ def _init_b_dec(self: SAETrainer, n_rows: int = 32768):
     if self.d_in is not None and x.shape[-1] != self.d_in:
         raise ValueError(f"d_in mismatch: the data has width {x.shape[-1]} but the SAE expects d_in={self.d_in}")
     if not torch.isfinite(x).all(): raise ValueError("the training data has NaN/Inf values (found while initialising b_dec)")
+    if self.normalize_activations == "expected_average":
+        self.act_scale = math.sqrt(x.shape[-1]) / float(x.double().norm(dim=-1).mean())
+    x = x * self.act_scale
+    if not want_b: return
     if callable(getattr(self.model, "init_b_dec", None)): self.model.init_b_dec(x.to(b.device), self.b_dec_init)
     else:
         v = geometric_median(x) if self.b_dec_init == "geometric_median" else x.mean(0)
@@ -484,13 +536,14 @@ def _evaluate(self: SAETrainer) -> dict:
         starts = list(self.eval_dataloader)
         get = lambda b: _first_tensor(b)
     else: return {}
+    scale = 1.0 if self._scaled_state is not None else self.act_scale   # after train() the SAE takes raw rows
     was = self.model.training; self.model.eval()
     acc = torch.zeros(6, dtype=torch.float64)          # rows, loss·rows, sse, sxx, l0, mse·rows
     sx = torch.zeros(self.d_in or 1, dtype=torch.float64)
     try:
         for j, a in enumerate(starts):
             if j % self.world != self.rank: continue
-            x = get(a).to(self.device, torch.float32)
+            x = get(a).to(self.device, torch.float32) * scale
             x = x.reshape(-1, x.shape[-1])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 total, parts, x_hat, z = _run_sae(self.model, x)
@@ -498,7 +551,7 @@ def _evaluate(self: SAETrainer) -> dict:
             acc[0] += b; acc[1] += float(total) * b
             if x_hat is not None:
                 r = (x - x_hat.float()).double()
-                acc[2] += r.pow(2).sum(); acc[3] += x.double().pow(2).sum(); acc[4] += (z != 0).sum()
+                acc[2] += r.pow(2).sum(); acc[3] += x.double().pow(2).sum(); acc[4] += _active_counts(z)[0]
                 acc[5] += r.pow(2).sum(-1).sum()
                 sx += x.double().sum(0).cpu()
     finally: self.model.train(was)
@@ -507,7 +560,7 @@ def _evaluate(self: SAETrainer) -> dict:
     out = {"eval_loss": float(acc[1] / acc[0])}
     if acc[3] > 0:
         tss = float(acc[3] - (sx ** 2).sum() / acc[0])
-        out.update(eval_mse=float(acc[5] / acc[0]) / sx.numel(), eval_fvu=float(acc[2]) / tss, eval_l0=float(acc[4] / acc[0]))
+        out.update(eval_mse=float(acc[5] / acc[0]) / sx.numel() / scale ** 2, eval_fvu=float(acc[2]) / tss, eval_l0=float(acc[4] / acc[0]))
     return out
 
 SAETrainer.evaluate = _evaluate
@@ -532,6 +585,7 @@ def _save_checkpoint(self: SAETrainer) -> Path | None:
         _write_json(tmp / "trainer.json", {
             "format": "deeplens-sae-trainer/1", "step": self.step, "config": self.config(), "optimizer": ometa,
             "schedule": self.schedule.state_dict(), "python_rng": _py_rng(), "best_eval": self.best_eval,
+            "act_scale": self.act_scale,
             "history": self.history, "data_epoch": next(iter(self._epoch_rng)) if self.store is None and self._epoch_rng else None,
             "time": time.time()})
         if path.exists(): shutil.rmtree(path)
@@ -571,6 +625,7 @@ def _load_checkpoint(self: SAETrainer, path):
         self._epoch_rng = {meta["data_epoch"]: {k[5:]: v for k, v in tt.items() if k.startswith("data.")}}
         self._it = None
     self.step, self.best_eval, self.history = meta["step"], meta["best_eval"], meta["history"]
+    self.act_scale = float(meta.get("act_scale", 1.0))
     self._initialised = True
     return ck
 
@@ -585,12 +640,24 @@ def close(self: SAETrainer):
 
 SAETrainer.close = close
 
+@torch.no_grad()
+def _fold_scale(sae: nn.Module, s: float):
+    """Make an SAE trained on `s·x` act on raw `x`: divide its biases and thresholds by `s` (weights unchanged, so
+    decoder rows stay unit-norm; codes come out divided by `s`, reconstructions are of `x`)."""
+    for n in ("b_dec", "b_enc", "b_gate", "b_mag", "threshold"):
+        t = getattr(sae, n, None)
+        if isinstance(t, torch.Tensor): t.div_(s)
+
 def _save_sae(self: SAETrainer, name: str) -> Path:
     "Save the SAE itself (its own `save(dir)` format when it has one) to `out_dir/name/`, atomically."
     d = self.out_dir / name; tmp = self.out_dir / (name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    if callable(getattr(self.model, "save", None)): self.model.save(tmp)
-    else: _save_tensors(tmp / "model.safetensors", self.model.state_dict())
+    m = self.model
+    if self.act_scale != 1.0 and self._scaled_state is None:
+        import copy
+        m = copy.deepcopy(m); _fold_scale(m, self.act_scale)
+    if callable(getattr(m, "save", None)): m.save(tmp)
+    else: _save_tensors(tmp / "model.safetensors", m.state_dict())
     _write_json(tmp / "training.json", {"step": self.step, "tokens": self.step * self.batch_size, "config": self.config(),
                                         "best_eval": self.best_eval, "last": self.history[-1] if self.history else None})
     if d.exists(): shutil.rmtree(d)
@@ -610,6 +677,8 @@ def _grad_hook(sae: nn.Module):
 def _train(self: SAETrainer, resume_from=None):
     "Run (or continue) training to `total_steps`; returns `self.history`."
     resume_from = resume_from if resume_from is not None else self.resume_from
+    if self._scaled_state is not None:                  # continuing after train() folded the scale: unfold exactly
+        self.model.load_state_dict(self._scaled_state); self._scaled_state = None
     if resume_from and self.step == 0:
         if latest_checkpoint(self.out_dir if resume_from is True else resume_from) is not None:
             self.load_checkpoint(self.out_dir if resume_from is True else resume_from)
@@ -646,6 +715,7 @@ def _train(self: SAETrainer, resume_from=None):
                 raise ValueError(f"NaN/Inf in the training batch at step {step} ({int(nbad)} rows, e.g. {where} on rank "
                                  f"{self.rank}); nothing of this step was applied and the last checkpoint is kept. "
                                  "Clean the data (or rebuild the store) and resume.")
+            if self.act_scale != 1.0: x = x * self.act_scale
             mult = self.schedule(step)
             for g, base in zip(self.optim.param_groups, self.base_lrs): g["lr"] = base * mult
             scale = min(1.0, (step + 1) / warm_l1) if warm_l1 else 1.0
@@ -687,6 +757,9 @@ def _train(self: SAETrainer, resume_from=None):
         bar.close()
     if self.save_checkpoints and self.is_main:
         self._save_sae("final")
+    if self.act_scale != 1.0:                           # hand back an SAE for raw activations
+        self._scaled_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        _fold_scale(self.model, self.act_scale)
     if self._writer is not None: self._writer.flush()
     return self.history
 
@@ -714,7 +787,7 @@ def configure_train(ap: argparse.ArgumentParser):
     ap.add_argument("--beta-l1", type=float, default=None, help="L1 coefficient (relu/gated)")
     ap.add_argument("--expansion", type=int, default=8, help="d_sae = expansion * d_in")
     ap.add_argument("--tokens", type=int, required=True, help="training tokens")
-    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: about 1000 steps, 256..4096 rows")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--lrs", default="cosine", choices=["none", "cosine", "linear", "plateau"])
     ap.add_argument("--warmup-fraction", type=float, default=0.05)
@@ -724,6 +797,8 @@ def configure_train(ap: argparse.ArgumentParser):
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--normalize-activations", default="auto", choices=["auto", "expected_average", "none"],
+                    help="scale rows to mean norm sqrt(d_in) while training (auto: for relu/gated/jumprelu)")
     ap.add_argument("--out", required=True, help="run directory (checkpoints/, final/, best/)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint (if any)")
     ap.add_argument("--no-progress", action="store_true")
@@ -744,7 +819,8 @@ def run_train(a) -> int:
                     batch_size=a.batch_size, eval_store=eval_rows, eval_steps=a.eval_steps, lr=a.lr,
                     lrs_type=None if a.lrs == "none" else a.lrs, warmup_fraction=a.warmup_fraction, random_seed=a.seed,
                     device=a.device, bf16=a.bf16, out_dir=a.out, checkpoint_steps=a.checkpoint_steps,
-                    resume_from=True if a.resume else None, progress=not a.no_progress)
+                    resume_from=True if a.resume else None, progress=not a.no_progress,
+                    normalize_activations=None if a.normalize_activations == "none" else a.normalize_activations)
     tr.train()
     if tr.is_main:
         last = next((r for r in reversed(tr.history) if "fvu" in r), {})

@@ -89,6 +89,22 @@ def test_topk_l0_is_k_on_every_row_and_both_decode_paths_agree(sparse):
     for n, p in s.named_parameters():
         torch.testing.assert_close(p.grad, dict(s2.named_parameters())[n].grad, atol=1e-5, rtol=1e-4)
 
+@pytest.mark.parametrize("kw", [{}, {"tie_weights": True}, {"activation": "silu"}, {"input_norm": True},
+                                {"apply_b_dec_to_input": False}])
+def test_sparse_training_path_gradients_equal_dense_autograd_with_auxk(kw):
+    "The sparse path's hand-written backward (encoder and decoder, AuxK included) equals plain autograd."
+    torch.manual_seed(0)
+    s = randomize(SparseAutoencoder(D, M, k=6, sparse_decode=True, **kw))
+    s2 = SparseAutoencoder(D, M, k=6, sparse_decode=False, **kw); s2.load_state_dict(s.state_dict())
+    x = torch.randn(40, D)
+    dead = torch.zeros(M, dtype=torch.bool); dead[::3] = True            # 32 dead > k_aux = 8
+    outs = [m.loss(x, dead_mask=dead) for m in (s, s2)]
+    torch.testing.assert_close(outs[0][1]["auxk"], outs[1][1]["auxk"], atol=1e-6, rtol=1e-5)
+    for t, _ in outs: t.backward()
+    assert s.W_enc.grad.abs().sum() > 0
+    for n, p in s.named_parameters():
+        torch.testing.assert_close(p.grad, dict(s2.named_parameters())[n].grad, atol=1e-5, rtol=1e-4)
+
 def test_silu_topk_selects_by_magnitude_like_the_original():
     torch.manual_seed(0)
     s = SparseAutoencoder(D, M, k=5, activation="silu", apply_b_dec_to_input=False)

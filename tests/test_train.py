@@ -108,6 +108,75 @@ def test_dataloader_mode_resume_is_bit_exact(tmp_path):
     assert resumed.step == full.step == 30
     for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()): assert torch.equal(p, q), n
 
+def test_sparse_topk_path_trains_and_resumes_bit_exact(store, tmp_path):
+    """TopK's sparse training path (hand-written sparse backward, AuxK on dead latents, sparse codes for the
+    statistics): an interrupted and resumed run equals an uninterrupted one, and its statistics equal the dense
+    path's on the same weights."""
+    def run(out, stop_at=None, resume=False, sparse=True):
+        torch.manual_seed(0)
+        sae = SparseAutoencoder(32, 128, k=4, sparse_decode=sparse)
+        def stop(tr):
+            if tr.step == stop_at: raise KeyboardInterrupt
+        tr = SAETrainer(sae, store=store.path, batch_size=64, total_tokens=40 * 64, lr=3e-3, out_dir=out,
+                        checkpoint_steps=10, lrs_type="cosine", dead_tokens=500, progress=False, log_steps=5,
+                        callbacks=[stop], resume_from=out if resume else None, random_seed=7)
+        try: tr.train()
+        except KeyboardInterrupt: pass
+        return tr
+    full = run(tmp_path / "a")
+    assert any(r.get("auxk", 0) > 0 for r in full.history)             # dead latents appeared: AuxK ran sparsely
+    assert all(abs(r["l0"] - 4) < 1e-9 for r in full.history if "l0" in r)
+    run(tmp_path / "b", stop_at=20)
+    resumed = run(tmp_path / "b", resume=True)
+    for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()): assert torch.equal(p, q), n
+    assert resumed.history == full.history
+    dense = run(tmp_path / "c", sparse=False)                           # same run on the dense path: same numbers
+    for (n, p), q in zip(full.model.named_parameters(), dense.model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-3, msg=n)
+    for a, b in zip(full.history, dense.history):
+        assert a.keys() == b.keys() and abs(a["fvu"] - b["fvu"]) < 1e-3 and a["dead_frac"] == b["dead_frac"]
+
+@pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu"])
+def test_normalize_activations_trains_scaled_and_hands_back_a_raw_sae(store, tmp_path, arch):
+    """normalize_activations="expected_average": the SAE trains on rows scaled to mean norm sqrt(d_in); afterwards
+    (and in final/) it acts on raw rows exactly as the scaled SAE did on scaled rows; resume stays bit-exact."""
+    x = store.get(slice(0, 256), HOOK).float()
+    def run(out, stop_at=None, resume=False):
+        torch.manual_seed(0)
+        kw = {"topk": dict(k=4), "relu": dict(beta_l1=0.05), "jumprelu": dict(architecture="jumprelu")}[arch]
+        sae = SparseAutoencoder(32, 128, **kw)
+        def stop(tr):
+            if tr.step == stop_at: raise KeyboardInterrupt
+        tr = SAETrainer(sae, store=store.path, batch_size=64, total_tokens=20 * 64, lr=3e-3, out_dir=out,
+                        checkpoint_steps=5, progress=False, log_steps=5, callbacks=[stop], random_seed=7,
+                        resume_from=out if resume else None, normalize_activations="expected_average")
+        try: tr.train()
+        except KeyboardInterrupt: pass
+        return tr
+    tr = run(tmp_path / "a")
+    rows = tr.store.get(torch.randperm(len(tr.store), generator=torch.Generator().manual_seed(7))[:32768].sort().values, HOOK)
+    s = 32 ** 0.5 / float(rows.double().norm(dim=-1).mean())
+    assert tr.act_scale == pytest.approx(s, rel=1e-12) and abs(s - 1) > 0.1
+    scaled = SparseAutoencoder.load(tmp_path / "a" / "final")            # what final/ holds
+    unfolded = {k: v.clone() for k, v in tr._scaled_state.items()}
+    ref = type(tr.model)(32, 128, **({"k": 4} if arch == "topk" else {"beta_l1": 0.05} if arch == "relu" else {"architecture": "jumprelu"}))
+    ref.load_state_dict(unfolded); ref.eval(); tr.model.eval(); scaled.eval()
+    with torch.no_grad():
+        want_xh, want_z, _ = ref(x * s)                                   # the SAE as trained, on scaled rows
+        for m in (tr.model, scaled):
+            xh, z, _ = m(x)
+            torch.testing.assert_close(xh, want_xh / s, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(z, want_z / s, atol=1e-5, rtol=1e-4)
+    ev = tr.evaluate()                                                    # held-out metrics on the raw SAE
+    assert ev == {} or ev["eval_fvu"] > 0
+    run(tmp_path / "b", stop_at=10)
+    res = run(tmp_path / "b", resume=True)
+    assert res.act_scale == tr.act_scale
+    for (n, p), q in zip(tr.model.named_parameters(), res.model.parameters()): assert torch.equal(p, q), n
+    with pytest.raises(ValueError, match="normalize_activations"):
+        SAETrainer(SparseAutoencoder(32, 128, k=4, activation="silu"), store=store.path, batch_size=64,
+                   total_tokens=64, normalize_activations="expected_average")
+
 def test_evaluate_matches_hand_fvu(store, reference):
     _, tr = reference
     ev = store.split(0.9)[1]
