@@ -8,7 +8,7 @@ import math, warnings
 from dataclasses import dataclass
 import torch
 from .model import HookedModel, _encode
-from .patching import _token_ids, _check_layers, as_metric
+from .patching import _token_ids, _check_layers, as_metric, _unembed_at
 
 # %% auto #0
 __all__ = ['DLAResult', 'direct_logit_attribution', 'IGResult', 'integrated_gradients', 'SentenceImportance',
@@ -121,6 +121,7 @@ class IGResult:
     steps: int
     baseline: str
     output: str
+    keep_first: bool = False
 
     @property
     def gap(self) -> float:
@@ -132,7 +133,8 @@ class IGResult:
         return abs(self.gap) / max(abs(self.f_input - self.f_baseline), 1e-12)
 
     def __repr__(self):
-        lines = [f"IGResult({self.output}, baseline={self.baseline}, {self.steps} steps): F(x) {self.f_input:.4f}, "
+        lines = [f"IGResult({self.output}, baseline={self.baseline}{' (first token kept)' if self.keep_first else ''}, "
+                 f"{self.steps} steps): F(x) {self.f_input:.4f}, "
                  f"F(baseline) {self.f_baseline:.4f}, Σ scores {self.scores.sum().item():.4f}, "
                  f"completeness gap {self.gap:+.2e} ({100 * self.relative_gap:.3f}%)"]
         lines += [f"  {i:>3} {t!r:<16} {s:+.4f}" for i, (t, s) in enumerate(zip(self.tokens, self.scores.tolist()))]
@@ -167,22 +169,25 @@ def _quadrature(steps: int, method: str, power: float = 1.0):
 def _output_fn(output, target, pos):
     if output not in ("logit", "logprob", "prob"): raise ValueError(f"output must be 'logit', 'logprob' or 'prob', got {output!r}")
     def f(logits):
-        last = logits[:, pos].float()
+        last = logits[:, pos].float() if logits.shape[1] > 1 else logits[:, 0].float()
         if output == "logprob": last = torch.log_softmax(last, -1)
         elif output == "prob": last = torch.softmax(last, -1)
         return last[:, target]
     return f
 
-def _with_embeddings(model, ids, emb, fn):
-    "Run `ids` (repeated to emb's batch) with the token embeddings replaced by `emb`; returns fn(logits)."
+def _with_embeddings(model, ids, emb, fn, pos: int | None = None):
+    "Run `ids` (repeated to emb's batch) with the token embeddings replaced by `emb`; returns fn(logits), unembedding only `pos` when given."
     def put(act, hook): return emb
-    with model.hooks([("hook_embed", put)]):
-        return fn(model(ids.expand(emb.shape[0], -1)))
+    kw = {"use_cache": False} if "use_cache" in model._fwd_params else {}
+    b = emb.shape[0]
+    with model.hooks([("hook_embed", put)]), _unembed_at(model, pos):
+        return fn(model(ids.expand(b, -1), **kw)[:b])
 
 def integrated_gradients(model: HookedModel, text, target, steps: int = 50, baseline="zero", pos: int = -1,
                          output: str = "logit", method: str = "gausslegendre", batch_size: int = 16,
-                         power: float = 1.0) -> IGResult:
-    "Per-token integrated gradients of the target's logit (log-prob, prob) at `pos`, with the completeness gap."
+                         power: float = 1.0, keep_first: bool = True) -> IGResult:
+    """Per-token integrated gradients of the target's logit (log-prob, prob) at `pos`, with the completeness gap.
+    `keep_first`: the baseline keeps the first token's embedding (the attention sink), which keeps the path smooth."""
     ids = model.to_tokens(text) if isinstance(text, str) else _encode(model, text)[0]
     if ids.shape[0] != 1: raise ValueError("integrated_gradients explains one input: pass one string or a [1, pos] id tensor")
     t = int(_token_ids(model, target, "target")[0]) if not isinstance(target, int) else target
@@ -197,22 +202,25 @@ def integrated_gradients(model: HookedModel, text, target, steps: int = 50, base
         if pad is None: raise ValueError("baseline='pad' needs a tokenizer with a pad token; use baseline='zero' or pass an embedding tensor")
         with torch.no_grad(): base = model.hf.get_input_embeddings()(torch.full_like(ids, pad)).to(x)
     else: raise ValueError(f"baseline must be 'zero', 'pad' or a tensor of embeddings, got {baseline!r}")
+    if keep_first: base = torch.cat([x[:, :1], base[:, 1:]], 1)
+    if not -ids.shape[1] <= pos < ids.shape[1]: raise ValueError(f"pos {pos} is out of range for an input of {ids.shape[1]} tokens")
     alphas, weights = _quadrature(steps, method, power)
     grad_sum = torch.zeros_like(x, dtype=torch.float64)
     for s in range(0, len(alphas), batch_size):
         a = alphas[s:s + batch_size].to(x.device, x.dtype)[:, None, None]
         emb = (base + a * (x - base)).detach().requires_grad_(True)
         with torch.enable_grad():
-            out = _with_embeddings(model, ids, emb, F)
+            out = _with_embeddings(model, ids, emb, F, pos)
             g, = torch.autograd.grad(out.sum(), emb)
         grad_sum += (g.double() * weights[s:s + batch_size].to(g.device)[:, None, None]).sum(0, keepdim=True)
     scores = ((x - base).double() * grad_sum).sum(-1)[0].float()
-    with torch.no_grad(): fx, fb = _with_embeddings(model, ids, torch.cat([x, base]), F).tolist()
+    with torch.no_grad(): fx, fb = _with_embeddings(model, ids, torch.cat([x, base]), F, pos).tolist()
     tokens = model.to_str_tokens(ids[0]) if model.tokenizer is not None else [str(i) for i in ids[0].tolist()]
-    res = IGResult(tokens, scores.cpu(), fx, fb, steps, baseline if isinstance(baseline, str) else "tensor", output)
+    res = IGResult(tokens, scores.cpu(), fx, fb, steps, baseline if isinstance(baseline, str) else "tensor", output, keep_first)
     if res.relative_gap > 0.05:
         warnings.warn(f"integrated gradients: completeness gap {100 * res.relative_gap:.1f}% of F(x) − F(baseline); "
-                      "raise steps, or use baseline='pad' (a zero baseline is ill-conditioned for bias-free RMSNorm models)")
+                      "raise steps, use baseline='pad' (a zero baseline is ill-conditioned for bias-free RMSNorm models), "
+                      "or keep_first=True (moving the first token, the attention sink, makes the path very steep)")
     return res
 
 # %% ../nbs/44_attribution.ipynb #df7572bb

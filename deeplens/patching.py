@@ -4,11 +4,12 @@
 
 # %% ../nbs/41_patching.ipynb #9bb89ed2
 from __future__ import annotations
-import math, re
+import contextlib, copy, math, re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 import torch
 from .adapters import canonical_name
+from .hooks import _first_input, _with_first_input
 from .model import HookedModel, _encode
 
 # %% auto #0
@@ -43,6 +44,13 @@ class Metric:
     name = "metric"
     def bind(self, model=None, clean_logits=None, corrupted_logits=None) -> "Metric": return self
     def __call__(self, logits: torch.Tensor) -> torch.Tensor: raise NotImplementedError
+    def position(self) -> int | None:
+        "The one position whose logits this metric reads, or None if it may read any."
+        return None
+    def at_last(self) -> "Metric":
+        "A copy that reads its position as the last one: for logits computed at that position only."
+        new = copy.copy(self); new.pos = -1
+        return new
     def __repr__(self): return self.name
 
 class FnMetric(Metric):
@@ -81,6 +89,7 @@ class _TokenMetric(Metric):
         new = object.__new__(type(self)); new.__dict__.update(self.__dict__)
         new._ids = self._ids if self._ids is not None else self._resolve(model)
         return new
+    def position(self): return self.pos
     def _get(self, logits):
         if self._ids is None: self._ids = self._resolve(None)   # raises the clear error
         a, w = self._ids
@@ -124,6 +133,7 @@ class KL(Metric):
         if ref is None: raise ValueError("kl() needs the reference logits: it is bound by the patching functions")
         new = KL(self.pos, self.reference); new.ref = torch.log_softmax(ref[:, self.pos].float(), -1)
         return new
+    def position(self): return self.pos
     def __call__(self, logits):
         if self.ref is None: raise ValueError("kl() is not bound to a run: pass it to a patching function, or call .bind(model, clean_logits, corrupted_logits)")
         lp = torch.log_softmax(logits[:, self.pos].float(), -1)
@@ -153,6 +163,10 @@ class NormalizedEffect(Metric):
             raise ValueError(f"the clean and corrupted runs give the same {inner.name} ({new._c:.6g} vs {new._r:.6g}), "
                              "so the normalised effect is undefined: pick inputs that differ in the metric, or pass "
                              "clean_value= and corrupted_value= explicitly.")
+        return new
+    def position(self): return self.inner.position()
+    def at_last(self):
+        new = copy.copy(self); new.inner = self.inner.at_last()
         return new
     def __call__(self, logits):
         if self._c is None: raise ValueError("normalized_effect is not bound: pass it to a patching function or call .bind(...)")
@@ -334,36 +348,20 @@ class PatchingResult:
             recs.append(r)
         return pd.DataFrame.from_records(recs)
 
-    def chart(self, width: int = 360, height: int | None = None):
-        "An altair heatmap: layers down, positions (or heads) across; head × position sites get one row per head."
-        import altair as alt
-        df = self.to_dataframe()
-        if "pos" in df: df["x"] = [f"{p}:{t}" if "token" in df else str(p) for p, t in zip(df["pos"], df.get("token", df["pos"]))]
-        if "head" in df and "pos" in df: df["y"], xcol, ytitle = [f"L{l}H{h}" for l, h in zip(df["layer"], df["head"])], "x", "layer.head"
-        elif "head" in df: df["y"], xcol, ytitle = [f"L{l}" for l in df["layer"]], "head", "layer"
-        elif "pos" in df: df["y"], xcol, ytitle = [f"L{l}" for l in df["layer"]], "x", "layer"
-        else: df["y"], df["x"], xcol, ytitle = [f"L{l}" for l in df["layer"]], "all positions", "x", "layer"
-        lim = float(df["value"].abs().max() or 1.0)
-        yorder = list(dict.fromkeys(df["y"]))
-        xorder = list(dict.fromkeys(df[xcol].astype(str)))
-        df[xcol] = df[xcol].astype(str)
-        tips = [c for c in ("layer", "head", "pos", "token", "value") if c in df]
-        return alt.Chart(df).mark_rect().encode(
-            x=alt.X(f"{xcol}:O", sort=xorder, title="position" if xcol == "x" else xcol),
-            y=alt.Y("y:O", sort=yorder, title=ytitle),
-            color=alt.Color("value:Q", scale=alt.Scale(scheme="redblue", domain=[-lim, lim], reverse=True), title=self.metric),
-            tooltip=tips,
-        ).properties(title=f"{self.method}: {self.site} ({self.direction})", width=width,
-                     height=height or max(120, 12 * len(yorder)))
+    def chart(self, width: int | None = None, height: int | None = None):
+        "A heatmap: layers down, positions (or heads) across; head × position sites get one row per head."
+        from deeplens.charts import patching_heatmap     # one implementation, in the charts module
+        return patching_heatmap(self, width, height)
 
 class PatchingResults(dict):
     "Several sites' `PatchingResult`s by site name, with one data frame and a side-by-side chart."
     def to_dataframe(self):
         import pandas as pd
         return pd.concat([r.to_dataframe() for r in self.values()], ignore_index=True)
-    def chart(self, **kw):
-        import altair as alt
-        return alt.hconcat(*[r.chart(**kw) for r in self.values()]).resolve_scale(color="independent")
+    def chart(self, width: int | None = None, height: int | None = None):
+        "The sites' heatmaps side by side, each with its own colour scale."
+        from deeplens.charts import patching_heatmap
+        return patching_heatmap(self, width, height)
     def __repr__(self): return "\n".join(repr(r) for r in self.values())
 
 # %% ../nbs/41_patching.ipynb #9dff7342
@@ -393,6 +391,61 @@ def _progress(total, progress, desc):
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, disable=not (progress if progress is not None else total >= 20), leave=False)
 
+# %% ../nbs/41_patching.ipynb #8c02a58b
+def _blocks(model): return model.hf.get_submodule(model.spec.layers)
+
+def _prefix_cache(model, ids, layers):
+    "The base run's `resid_pre` at `layers` (for starting chunks there), or None where blocks cannot be skipped."
+    layers = sorted({l for l in layers if l > 0})
+    if not layers or model._persistent: return None     # hooks added with add_hook must see every block run
+    ok, handles = [], []
+    def check(mod, args, kwargs, out):
+        x = _first_input(args, kwargs)
+        ok.append(isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype)
+    for blk in _blocks(model): handles.append(blk.register_forward_hook(check, with_kwargs=True))
+    try:
+        with torch.no_grad(): _, cache = model.run_with_cache(ids, [f"blocks.{l}.hook_resid_pre" for l in layers])
+    finally:
+        for h in handles: h.remove()
+    if not ok or not all(ok): return None
+    return {l: cache[f"blocks.{l}.hook_resid_pre"] for l in layers}
+
+@contextlib.contextmanager
+def _start_at(model, layer: int, resid: torch.Tensor | None):
+    "Inside: blocks < `layer` pass their input through and block `layer` reads `resid` (tiled over the batch)."
+    if layer == 0 or resid is None:
+        yield; return
+    blocks = _blocks(model)
+    def passthrough(*args, **kwargs): return _first_input(args, kwargs)
+    def inject(mod, args, kwargs):
+        x = _first_input(args, kwargs)
+        return _with_first_input(args, kwargs, resid.to(x.device, x.dtype).repeat(x.shape[0] // resid.shape[0], 1, 1))
+    handle = blocks[layer].register_forward_pre_hook(inject, with_kwargs=True, prepend=True)
+    try:
+        for l in range(layer): blocks[l].forward = passthrough
+        yield
+    finally:
+        handle.remove()
+        for l in range(layer): blocks[l].__dict__.pop("forward", None)
+
+_MIN_ROWS = 16   # CPU BLAS rounds matmuls of a few rows differently from larger ones: pad the unembedding's input to keep results bit-identical
+
+@contextlib.contextmanager
+def _unembed_at(model, pos: int | None):
+    "Inside: the unembedding sees only position `pos` (all positions when None), padded with zero rows to `_MIN_ROWS` rows."
+    if pos is None:
+        yield; return
+    def pre(mod, args, kwargs):
+        x = _first_input(args, kwargs)
+        p = pos % x.shape[1]
+        x = x[:, p:p + 1]
+        if x.shape[0] < _MIN_ROWS: x = torch.cat([x, x.new_zeros(_MIN_ROWS - x.shape[0], *x.shape[1:])])
+        return _with_first_input(args, kwargs, x)
+    handle = model.hf.get_submodule(model.spec.unembed).register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
+    try: yield
+    finally: handle.remove()
+
+# %% ../nbs/41_patching.ipynb #d930408f
 def activation_patching(model: HookedModel, clean, corrupted, metric, sites=("resid_pre",), positions="each",
                         heads=None, layers=None, direction: str = "denoise", batch_size: int = 32,
                         progress: bool | None = None):
@@ -405,21 +458,28 @@ def activation_patching(model: HookedModel, clean, corrupted, metric, sites=("re
     if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     lc, lr, cc, cr = _baselines(model, clean_ids, corr_ids, names)
     m = as_metric(metric).bind(model, lc, lr)
+    pos = m.position()
+    m_run = m if pos is None else m.at_last()                  # reads the one unembedded position
     base_ids, src = (corr_ids, cc) if direction == "denoise" else (clean_ids, cr)
+    prefix = _prefix_cache(model, base_ids, [c.layer for c in cells])
+    kw = {"use_cache": False} if "use_cache" in model._fwd_params else {}
     per = max(1, batch_size // N)                             # cells per forward
+    order = sorted(range(len(cells)), key=lambda i: cells[i].layer)   # layer order: chunks skip the most blocks
     vals = torch.empty(len(cells))
     bar = _progress(len(cells), progress, f"patching {len(cells)} cells")
     try:
-        for start in range(0, len(cells), per):
-            chunk = cells[start:start + per]
+        for start in range(0, len(order), per):
+            idx = order[start:start + per]
+            chunk = [cells[i] for i in idx]
             groups: dict[str, list] = {}
             for i, c in enumerate(chunk):
                 groups.setdefault(c.hook_name(), []).append((c, torch.arange(i * N, (i + 1) * N)))
             hooks = [(name, _writer(cr_, src[name], N)) for name, cr_ in groups.items()]
-            with torch.no_grad(), model.hooks(hooks):
-                logits = model(base_ids.repeat(len(chunk), 1))
-            v = m(logits).float().reshape(len(chunk), N).mean(1)
-            vals[start:start + len(chunk)] = v.cpu()
+            first = min(c.layer for c in chunk)
+            with torch.no_grad(), _start_at(model, first, None if prefix is None else prefix.get(first)), \
+                 _unembed_at(model, pos), model.hooks(hooks):
+                logits = model(base_ids.repeat(len(chunk), 1), **kw)[:len(chunk) * N]   # drop the padding rows
+            vals[idx] = m_run(logits).float().reshape(len(chunk), N).mean(1).cpu()
             bar.update(len(chunk))
     finally: bar.close()
     return _assemble(model, cells, vals, sites, layers, pos_list, heads, clean_ids, m, lc, lr, direction,
