@@ -676,6 +676,9 @@ def _grad_hook(sae: nn.Module):
 
 def _train(self: SAETrainer, resume_from=None):
     "Run (or continue) training to `total_steps`; returns `self.history`."
+    if self.progress and self.is_main:                  # in a Jupyter kernel: live curves (a TrainingMonitor)
+        from deeplens.display import live
+        live(self)
     resume_from = resume_from if resume_from is not None else self.resume_from
     if self._scaled_state is not None:                  # continuing after train() folded the scale: unfold exactly
         self.model.load_state_dict(self._scaled_state); self._scaled_state = None

@@ -195,6 +195,13 @@ def test_live_monitor_in_a_kernel(monkeypatch):
     m2 = D.live(tr2)
     assert isinstance(m2, W.TrainingMonitor) and shown == [m2] and tr2.callbacks == [m2]
     with D.use_widgets(False): assert WV not in tr2._repr_mimebundle_()
+    # train() itself shows live curves in a kernel (when it shows progress): one monitor, fed by every log
+    loader = torch.utils.data.DataLoader(torch.randn(60, 8), batch_size=10)
+    tr3 = SAETrainer(SparseAutoencoder(8, 16, k=2), train_dataloader=loader, epochs=1, progress=True, log_steps=2,
+                     save_checkpoints=False, b_dec_init=None)
+    tr3.train()
+    (m3,) = [cb for cb in tr3.callbacks if isinstance(cb, W.TrainingMonitor)]
+    assert shown[-1] is m3 and m3.n_records == len(tr3.history) > 0
 
 def test_lens_view_and_svg(text_model):
     lens = logit_lens(text_model, PROMPT, top_k=3)
