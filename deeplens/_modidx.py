@@ -258,6 +258,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'deeplens.charts._filter': ('charts.html#_filter', 'deeplens/charts.py'),
                                  'deeplens.charts._hist_records': ('charts.html#_hist_records', 'deeplens/charts.py'),
                                  'deeplens.charts._html_page': ('charts.html#_html_page', 'deeplens/charts.py'),
+                                 'deeplens.charts._is': ('charts.html#_is', 'deeplens/charts.py'),
                                  'deeplens.charts._is_altair': ('charts.html#_is_altair', 'deeplens/charts.py'),
                                  'deeplens.charts._norm_sources': ('charts.html#_norm_sources', 'deeplens/charts.py'),
                                  'deeplens.charts._num': ('charts.html#_num', 'deeplens/charts.py'),

@@ -34,6 +34,10 @@ def _vlc():
         raise ImportError("rendering charts offline needs vl-convert: pip install vl-convert-python") from None
     return vl_convert
 
+def _is(obj, cls: type) -> bool:
+    "isinstance, or the same class defined again (a notebook that defines the class runs its cells anew)."
+    return isinstance(obj, cls) or any(c.__name__ == cls.__name__ for c in type(obj).__mro__)
+
 def _num(v):
     "A JSON-safe number: Python float/int, NaN/inf → None."
     if isinstance(v, torch.Tensor): v = v.item()
@@ -202,7 +206,7 @@ def feature_histogram(source, feature: int | None = None, bins: int = 30, column
     """Histogram of a feature's nonzero activations: from `activation_histogram(...)`'s dict, a `FeatureSummary`,
     or a 1-d tensor of activations. `feature` picks one of several."""
     alt = _alt()
-    if isinstance(source, FeatureSummary):          # one feature's 1-d histogram → the multi-feature layout
+    if _is(source, FeatureSummary):          # one feature's 1-d histogram → the multi-feature layout
         h = source.histogram
         source = {"features": [source.feature], "counts": _tensor(h["counts"], "counts")[None],
                   "edges": _tensor(h["edges"], "edges")[None], **({"zeros": torch.tensor([int(h["zeros"])])} if "zeros" in h else {})}
@@ -234,7 +238,7 @@ def feature_histogram(source, feature: int | None = None, bins: int = 30, column
 def density_histogram(source, bins: int = 40, width: int = 480, height: int = 180) -> Chart:
     "Histogram of log10 firing density over features, from `FeatureStats` or a density tensor; dead features in the title."
     alt = _alt()
-    d = source.density if isinstance(source, FeatureStats) else _tensor(source, "density")
+    d = source.density if _is(source, FeatureStats) else _tensor(source, "density")
     d = d.double().reshape(-1)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1: raise ValueError(f"bins must be a positive int, got {bins!r}")
     if ((d < 0) | (d > 1) | d.isnan()).any(): raise ValueError("densities must lie in [0, 1] (fraction of tokens a feature fires on)")
@@ -257,7 +261,7 @@ def _decode(tokenizer, i: int) -> str:
     return tok.decode([int(i)]) if tok is not None else str(int(i))
 
 def _topk_pairs(source, k, tokenizer, position, value):
-    if isinstance(source, FeatureSummary): return list(source.top_logits)[:k], "logit"
+    if _is(source, FeatureSummary): return list(source.top_logits)[:k], "logit"
     if isinstance(source, dict) and "top_tokens" in source:
         return [(_decode(tokenizer, i), float(v)) for i, v in zip(source["top_tokens"][:k], source["top_values"][:k])], "logit"
     if isinstance(source, torch.Tensor):
@@ -295,7 +299,7 @@ _CURVES = ("loss", "fvu", "l0", "dead_frac")
 def training_curves(source, metrics=None, x: str = "tokens", width: int = 220, height: int = 150) -> Chart:
     "Loss, FVU, L0 and dead fraction (or `metrics`) against `x` ('tokens' or 'step'), from an `SAETrainer` or its history."
     alt = _alt()
-    hist = source.history if isinstance(source, SAETrainer) else source
+    hist = source.history if _is(source, SAETrainer) else source
     if not isinstance(hist, (list, tuple)) or not all(isinstance(r, dict) for r in hist):
         raise TypeError(f"training_curves takes an SAETrainer or a list of dicts, got {type(source).__name__}")
     if not hist: raise ValueError("the history is empty: train first (SAETrainer.train()) or pass logged records")
@@ -337,12 +341,12 @@ def _patching_records(r: PatchingResult) -> list[dict]:
 def patching_heatmap(result, width: int | None = None, height: int | None = None) -> Chart:
     "Heatmap of a `PatchingResult` (layer × position/head), or side by side for a `PatchingResults`."
     alt = _alt()
-    if isinstance(result, PatchingResults):
+    if _is(result, PatchingResults):
         if not result: raise ValueError("the PatchingResults is empty")
         cs = [patching_heatmap(r, width, height).altair for r in result.values()]
         return Chart(alt.hconcat(*cs).resolve_scale(color="independent"),
                      f"<Chart: patching heatmaps of {len(result)} sites: {', '.join(result)}>")
-    if not isinstance(result, PatchingResult): raise TypeError(f"expected a PatchingResult(s), got {type(result).__name__}")
+    if not _is(result, PatchingResult): raise TypeError(f"expected a PatchingResult(s), got {type(result).__name__}")
     rows = _patching_records(result)
     ys, xs = list(dict.fromkeys(r["y"] for r in rows)), list(dict.fromkeys(r["x"] for r in rows))
     lim = max([abs(r["value"]) for r in rows if r["value"] is not None] + [1e-12])
@@ -379,7 +383,7 @@ def lens_heatmap(result: LensResult, batch: int = 0, value: str = "top1_prob", t
                  width: int | None = None, height: int | None = None) -> Chart:
     "Layer × position grid of a `LensResult`: colour = `value`, label = top-1 token."
     alt = _alt()
-    if not isinstance(result, LensResult): raise TypeError(f"expected a LensResult, got {type(result).__name__}")
+    if not _is(result, LensResult): raise TypeError(f"expected a LensResult, got {type(result).__name__}")
     rows = lens_records(result, batch, value)
     xs = list(dict.fromkeys(r["x"] for r in rows))
     scheme = dict(scheme="blues") if value in ("top1_prob", "final_prob") else dict(scheme="orangered")
@@ -426,7 +430,7 @@ def embedding_scatter(coords, labels=None, color=None, title: str | None = None,
 def steering_sweep(ev: SteeringEvaluation, width: int = 260, height: int = 180) -> Chart:
     "Target probability (mean and per prompt) and perplexity ratio against the steering coefficient."
     alt = _alt()
-    if not isinstance(ev, SteeringEvaluation): raise TypeError(f"expected a SteeringEvaluation, got {type(ev).__name__}")
+    if not _is(ev, SteeringEvaluation): raise TypeError(f"expected a SteeringEvaluation, got {type(ev).__name__}")
     coefs = [float(c) for c in ev.coefficients]
     mean = [dict(coefficient=c, target_prob=_num(ev.target_prob[i]), prob_shift=_num(ev.prob_shift[i])) for i, c in enumerate(coefs)]
     per = [dict(coefficient=c, prompt=j, target_prob=_num(ev.target_prob_per_prompt[i, j]))
@@ -461,7 +465,7 @@ def gate_records(chg: CHGResult, threshold: float = 0.5) -> list[dict]:
 def gate_heatmaps(chg: CHGResult, threshold: float = 0.5, cell: int = 16) -> Chart:
     "G⁺ and G⁻ heatmaps (layer × head) of a `CHGResult` and the roles they imply at `threshold`."
     alt = _alt()
-    if not isinstance(chg, CHGResult): raise TypeError(f"expected a CHGResult, got {type(chg).__name__}")
+    if not _is(chg, CHGResult): raise TypeError(f"expected a CHGResult, got {type(chg).__name__}")
     rows = gate_records(chg, threshold)
     if not rows: raise ValueError("no gated heads in this CHGResult")
     nl, nh = len({r["layer"] for r in rows}), chg.n_heads
@@ -483,7 +487,7 @@ def _norm_sources(source, hook, max_rows) -> tuple[dict, int]:
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
     pick = lambda n: torch.linspace(0, n - 1, min(n, max_rows)).round().long().unique()
-    if isinstance(source, ActivationStore):
+    if _is(source, ActivationStore):
         hooks = [hook] if hook is not None else list(source.hooks)
         for h in hooks:
             if h not in source.hooks: raise ValueError(f"{h!r} is not in this store; it holds {source.hooks}")

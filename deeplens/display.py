@@ -169,8 +169,11 @@ def install() -> list[str]:
     "Give every registered class its display (classes with their own are skipped) and the display methods; returns the classes that display through the registry."
     global _INSTALLED
     _INSTALLED = True
-    for cls, name, fn in _METHODS:
-        if getattr(cls, name, None) is None: setattr(cls, name, fn)
+    for cls, name, fn in _METHODS:            # a method deeplens installed earlier (marked) is replaced: one state
+        old = getattr(cls, name, None)
+        if old is None or getattr(old, "_deeplens", False):
+            fn._deeplens = True
+            setattr(cls, name, fn)
     return [c.__name__ for c, d in _REGISTRY.items() if d.install and _install(c)]
 
 # %% ../nbs/52_display.ipynb #2412b8cb
