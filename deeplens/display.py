@@ -59,10 +59,18 @@ def register(cls: type, *, html=None, chart=None, widget=None, install: bool | N
     if d.install and _INSTALLED: _install(cls)          # registered after install(): display at once
     return d
 
+def _key(c: type) -> tuple: return (c.__module__, c.__qualname__)
+
+def _entry(c: type):
+    "The registry entry of `c`, or of a class registered under the same module and name (a module imported anew)."
+    d = _REGISTRY.get(c)
+    if d is None: d = next((v for k, v in _REGISTRY.items() if _key(k) == _key(c)), None)
+    return d
+
 def _part(cls: type, name: str):
     "The `name` part for `cls`: from the nearest class in its MRO that registered one."
     for c in cls.__mro__:
-        d = _REGISTRY.get(c)
+        d = _entry(c)
         if d is not None and getattr(d, name) is not None: return getattr(d, name)
     return None
 
