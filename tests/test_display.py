@@ -18,7 +18,7 @@ from deeplens.lens import logit_lens
 from deeplens.patching import activation_patching, logit_diff
 from deeplens.attribution import DLAResult, IGResult
 from deeplens import widgets as W
-from tiny import text_llama, tokens
+from tiny import text_llama, tokens, topic_store, spread_sae
 
 D.install()                        # what `import deeplens` does
 WV = D.WIDGET_VIEW
@@ -60,16 +60,11 @@ def text_model(tok):
 
 @pytest.fixture(scope="module")
 def store(text_model, tmp_path_factory):
-    from pydoc_data.topics import topics
-    return ActivationStore.build(text_model, [topics[t] for t in sorted(topics)[:6]], [HOOK, "blocks.0.mlp.hook_post"], 1200,
-                                 tmp_path_factory.mktemp("disp") / "store", context_size=32, progress=False)
+    return topic_store(text_model, [HOOK, "blocks.0.mlp.hook_post"], tmp_path_factory.mktemp("disp") / "store")
 
 @pytest.fixture(scope="module")
 def sae():
-    torch.manual_seed(0)
-    s = SparseAutoencoder(32, 64, k=4, hook_name=HOOK)
-    with torch.no_grad(): s.b_enc.copy_(torch.linspace(-2, 2, 64))
-    return s.eval()
+    return spread_sae(HOOK)
 
 # ---------------------------------------------------------------- each object
 

@@ -2,7 +2,7 @@
 against a fresh forward; logit directions against a hand computation."""
 import os, sys, warnings
 sys.path.insert(0, os.path.dirname(__file__))
-from tiny import text_llama
+from tiny import text_llama, widen, topic_store, spread_sae
 import pytest
 import torch
 from deeplens.model import load_model, default_model_path
@@ -17,25 +17,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny(tok):
-    hf = text_llama(tok, n_ctx=64)
-    with torch.no_grad():
-        for n, p in hf.named_parameters():
-            if p.ndim >= 2: p.normal_(0, 0.3)
-            elif "norm" in n: p.normal_(1.0, 0.2)
-    return load_model(hf, tokenizer=tok, verbose=False)
+    return load_model(widen(text_llama(tok, n_ctx=64)), tokenizer=tok, verbose=False)
 
 @pytest.fixture(scope="module")
 def store(tiny, tmp_path_factory):
-    from pydoc_data.topics import topics
-    return ActivationStore.build(tiny, [topics[t] for t in sorted(topics)[:6]], [HOOK, "blocks.1.mlp.hook_post"], 1200,
-                                 tmp_path_factory.mktemp("s") / "store", context_size=32, progress=False)
+    return topic_store(tiny, [HOOK, "blocks.1.mlp.hook_post"], tmp_path_factory.mktemp("s") / "store")
 
 @pytest.fixture(scope="module")
 def sae():
-    torch.manual_seed(0)
-    s = SparseAutoencoder(32, 64, k=4, hook_name=HOOK)
-    with torch.no_grad(): s.b_enc.copy_(torch.linspace(-2, 2, 64))
-    return s.eval()
+    return spread_sae(HOOK)
 
 def test_stats_match_direct_computation(sae, store):
     st = feature_stats(sae, store, k=5, batch_size=250, progress=False)          # 5 batches, the last one partial

@@ -288,7 +288,7 @@ from deeplens.sae import SparseAutoencoder
 from deeplens.store import ActivationStore
 from deeplens.intervene import InterveneFeatures
 from deeplens.steering import SteeringVector, generate_with_steering
-from tiny import text_llama
+from tiny import text_llama, widen, topic_store, spread_sae
 
 HOOK = "blocks.1.hook_resid_post"
 PROMPT = "The os module provides"
@@ -296,25 +296,15 @@ PROMPT = "The os module provides"
 @pytest.fixture(scope="module")
 def text_model(tok):
     "A tiny random Llama with the default model's tokenizer; weights widened so features and steering show."
-    hf = text_llama(tok, n_ctx=64)
-    with torch.no_grad():
-        for n, p in hf.named_parameters():
-            if p.ndim >= 2: p.normal_(0, 0.3)
-            elif "norm" in n: p.normal_(1.0, 0.2)
-    return load_model(hf, tokenizer=tok, verbose=False)
+    return load_model(widen(text_llama(tok, n_ctx=64)), tokenizer=tok, verbose=False)
 
 @pytest.fixture(scope="module")
 def store(text_model, tmp_path_factory):
-    from pydoc_data.topics import topics
-    return ActivationStore.build(text_model, [topics[t] for t in sorted(topics)[:6]], [HOOK], 1200,
-                                 tmp_path_factory.mktemp("fe") / "store", context_size=32, progress=False)
+    return topic_store(text_model, [HOOK], tmp_path_factory.mktemp("fe") / "store")
 
 @pytest.fixture(scope="module")
 def sae():
-    torch.manual_seed(0)
-    s = SparseAutoencoder(32, 64, k=4, hook_name=HOOK)
-    with torch.no_grad(): s.b_enc.copy_(torch.linspace(-2, 2, 64))
-    return s.eval()
+    return spread_sae(HOOK)
 
 @pytest.fixture(scope="module")
 def ref(sae, store):

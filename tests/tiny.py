@@ -55,3 +55,26 @@ def text_llama(tok, seed: int = 0, n_ctx: int = 128):
     cfg = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=n_ctx)
     return T.AutoModelForCausalLM.from_config(cfg).eval()
+
+def widen(hf):
+    "Redraw `hf`'s random weights wide enough (in place) that SAE features and steering visibly change text."
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            if p.ndim >= 2: p.normal_(0, 0.3)
+            elif "norm" in n: p.normal_(1.0, 0.2)
+    return hf
+
+def topic_store(model, hooks, path, n_tokens: int = 1200):
+    "An ActivationStore of `n_tokens` rows at `hooks` over the first six pydoc topics (contexts of 32)."
+    from pydoc_data.topics import topics
+    from deeplens.store import ActivationStore
+    return ActivationStore.build(model, [topics[t] for t in sorted(topics)[:6]], hooks, n_tokens, path,
+                                 context_size=32, progress=False)
+
+def spread_sae(hook: str):
+    "A TopK SAE 32 → 64, k=4 (seed 0) whose encoder biases spread from -2 to 2, so latents fire at different rates."
+    from deeplens.sae import SparseAutoencoder
+    torch.manual_seed(0)
+    s = SparseAutoencoder(32, 64, k=4, hook_name=hook)
+    with torch.no_grad(): s.b_enc.copy_(torch.linspace(-2, 2, 64))
+    return s.eval()
