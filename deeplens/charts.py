@@ -550,5 +550,3 @@ def chart(obj, **kw) -> Chart:
     have = sorted(k for k, parts in _display.registered().items() if "chart" in parts)
     raise TypeError(f"no chart for {type(obj).__name__}; charts exist for {have} "
                     "(or call a builder such as topk_bars / embedding_scatter on plain data)")
-
-_display.install();            # a no-op once `import deeplens` has installed the displays
