@@ -17,14 +17,14 @@ inter-quartile range as a noise indicator.
 
     python benchmarks/cache_overhead.py                      # both models, 30 rounds
     python benchmarks/cache_overhead.py --models gpt2 --reps 10 --threads 2
-    python benchmarks/cache_overhead.py --keep-freed-memory    # glibc keeps freed heap memory (both sides)
+    python benchmarks/cache_overhead.py --glibc-defaults     # without deeplens' freed-memory policy (both sides)
 
-Caching every site retains ~400 MB per SmolLM2-shaped forward at 4x64 tokens. With glibc's default malloc
-settings the previous cache's memory is returned to the OS when it is freed, and the next forward faults fresh,
-zeroed pages back in: that shows up as ~10% of the cached forward and is the allocator's cost, not deeplens'.
-`--keep-freed-memory` re-runs the script with MALLOC_TRIM_THRESHOLD_/MALLOC_MMAP_THRESHOLD_ raised (what a
-long-running notebook kernel effectively sees; jemalloc or tcmalloc via LD_PRELOAD do the same), for the
-baseline and every variant alike.
+Caching every site retains ~390 MB per SmolLM2-shaped forward at 4x64 tokens. With glibc's default malloc
+settings the previous cache's memory goes back to the OS when it is freed, and the next forward faults fresh,
+zeroed pages back in (~0.3x of a bare forward). deeplens therefore keeps freed CPU memory for reuse, as
+PyTorch's CUDA allocator does on GPUs (`deeplens.cache.keep_freed_memory`, set on the first CPU
+`run_with_cache`; nbs/02_cache.ipynb). `--glibc-defaults` re-runs the script with DEEPLENS_KEEP_FREED_MEMORY=0
+to show what that policy buys.
 """
 from __future__ import annotations
 import argparse, gc, os, statistics, sys, time
@@ -33,6 +33,7 @@ import torch
 import transformers as T
 
 from deeplens.model import HookedModel
+from deeplens.cache import _memory
 
 TARGETS = {"cache_resid": 1.03, "cache_all": 1.15}
 TARGET_LINE = "targets: resid_post-only <= 1.03x, all sites <= 1.15x"
@@ -77,6 +78,12 @@ def check_logits(hf, m, ids) -> bool:
     print(f"  check: run_with_cache(resid_post only) logits == bare hf(input_ids) logits: "
           f"{'exact' if ok else f'NOT exact (max |diff| = {diff:.3g})'}; {len(cache.keys())} activations cached")
     return ok
+
+
+def malloc_policy() -> str:
+    if "MALLOC_TRIM_THRESHOLD_" in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return "glibc, thresholds from the environment"
+    return "freed memory kept for reuse (deeplens)" if _memory["kept"] else "glibc defaults (freed memory returned to the OS)"
 
 
 def measure(fns: dict, reps: int, warmup: int) -> dict[str, list[float]]:
@@ -125,19 +132,17 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--pos", type=int, default=64)
     p.add_argument("--no-wrap", action="store_true", help="skip the diagnostic `wrap` variant (saves time)")
-    p.add_argument("--keep-freed-memory", action="store_true",
-                   help="re-run with glibc's trim/mmap thresholds raised, so freed memory is reused (both sides)")
+    p.add_argument("--glibc-defaults", action="store_true",
+                   help="re-run with DEEPLENS_KEEP_FREED_MEMORY=0: glibc returns freed memory to the OS (both sides)")
     a = p.parse_args(argv)
-    if a.keep_freed_memory and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        env = dict(os.environ, MALLOC_TRIM_THRESHOLD_=str(1 << 31), MALLOC_MMAP_THRESHOLD_=str(1 << 28))
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    if a.glibc_defaults and os.environ.get("DEEPLENS_KEEP_FREED_MEMORY") != "0":
+        os.execve(sys.executable, [sys.executable, *sys.argv], dict(os.environ, DEEPLENS_KEEP_FREED_MEMORY="0"))
     if a.threads: torch.set_num_threads(a.threads)
     models = [s.strip() for s in a.models.split(",") if s.strip()]
     for s in models:
         if s not in CONFIGS: p.error(f"unknown model {s!r}; choose from {', '.join(CONFIGS)}")
     print(f"torch {torch.__version__}, transformers {T.__version__}, {torch.get_num_threads()} threads, "
-          f"input {a.batch}x{a.pos}, fp32 CPU, sdpa, {a.reps} rounds after {a.warmup} warm-up, "
-          f"malloc: {'freed memory kept (MALLOC_TRIM_THRESHOLD_ raised)' if 'MALLOC_TRIM_THRESHOLD_' in os.environ else 'glibc defaults'}")
+          f"input {a.batch}x{a.pos}, fp32 CPU, sdpa, {a.reps} rounds after {a.warmup} warm-up")
     summary = {}
     for s in models:
         hf = build(s)
@@ -147,6 +152,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         with torch.no_grad():
             check_logits(hf, m, ids)
+            print(f"  malloc: {malloc_policy()}")
             fns, counts = variants(hf, m, ids)
             if a.no_wrap: del fns["wrap"]
             times = measure(fns, a.reps, a.warmup)

@@ -2,7 +2,7 @@ __version__ = "0.1.0"
 
 from deeplens.model import load_model, HookedModel
 from deeplens.adapters import ModelConfig
-from deeplens.cache import ActivationCache
+from deeplens.cache import ActivationCache, keep_freed_memory, release_memory
 from deeplens.corpus import corpus, Corpus
 from deeplens.store import ActivationStore
 from deeplens.extractor import ExtractSingleSample, FromHuggingFace

@@ -11,7 +11,7 @@ from .adapters import canonical_name, closest_names
 from .hooks import apply_norm
 
 # %% auto #0
-__all__ = ['CacheKeyError', 'LazyDict', 'ActivationCache']
+__all__ = ['CacheKeyError', 'LazyDict', 'ActivationCache', 'keep_freed_memory', 'release_memory']
 
 # %% ../nbs/02_cache.ipynb #1024d4d3
 def _slice_dim(t: torch.Tensor, sl, dim: int) -> torch.Tensor:
@@ -477,3 +477,44 @@ def _load(cls, path, model=None, device=None) -> ActivationCache:
     return cache
 
 ActivationCache.load = classmethod(_load)
+
+# %% ../nbs/02_cache.ipynb #a304e469
+import ctypes, platform, sys
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # mallopt parameter numbers in glibc's malloc.h
+_memory = {"kept": False, "auto_checked": False}
+
+def _glibc():
+    "The process's glibc, or None on other C libraries and platforms."
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc": return None
+    try: return ctypes.CDLL("libc.so.6")
+    except OSError: return None
+
+def keep_freed_memory(trim_threshold: int = 2 << 30, mmap_threshold: int = 256 << 20) -> bool:
+    """Keep freed CPU memory in the process for the next allocation (glibc), as PyTorch's CUDA allocator
+    does on GPUs; True if the policy is now active. `release_memory()` gives the free part back."""
+    libc = _glibc()
+    if libc is None: return False
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
+    ok = libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1 and ok
+    _memory["kept"] = _memory["kept"] or ok
+    return ok
+
+def release_memory() -> None:
+    "Return freed memory to the system now: glibc's free heap pages and PyTorch's CUDA cache."
+    import gc
+    gc.collect()
+    libc = _glibc()
+    if libc is not None: libc.malloc_trim(0)
+    if torch.cuda.is_initialized(): torch.cuda.empty_cache()
+
+_OFF = ("0", "false", "no", "off")
+
+def _auto_keep_freed_memory(device) -> None:
+    "On the first cached forward on CPU: `keep_freed_memory()`, unless the environment says otherwise."
+    if _memory["auto_checked"] or torch.device(device).type != "cpu": return
+    _memory["auto_checked"] = True
+    env = os.environ
+    if env.get("DEEPLENS_KEEP_FREED_MEMORY", "1").strip().lower() in _OFF: return
+    if "MALLOC_TRIM_THRESHOLD_" in env or "MALLOC_MMAP_THRESHOLD_" in env: return   # the user set glibc up
+    keep_freed_memory()

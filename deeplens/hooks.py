@@ -108,6 +108,18 @@ def _additive_mask(mask, q_len, k_len, dtype, device):
         return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
     return mask.to(dtype)
 
+_MASK_MEMO: list = [None, None, None]   # [mask passed (weakly), its sizes and version, additive mask] of the last call
+
+def _memo_mask(mask, q_len, k_len, dtype, device):
+    "`_additive_mask`, built once per forward: every layer passes the same mask (or None) with the same sizes."
+    ref, key, out = _MASK_MEMO
+    same = (mask is None and ref is None) or (ref is not None and ref() is mask)
+    now = (q_len, k_len, dtype, device, None if mask is None else mask._version)
+    if not (same and key == now):
+        out = _additive_mask(mask, q_len, k_len, dtype, device)
+        _MASK_MEMO[:] = None if mask is None else weakref.ref(mask), now, out
+    return out
+
 def _run_hooks(hooks, key, act):
     for call in hooks.get(key, ()):
         new = call(act)
@@ -122,22 +134,23 @@ def hooked_attention(module, query, key, value, attention_mask, scaling=None, dr
     query = _run_hooks(hooks, "rot_q", query.transpose(1, 2)).transpose(1, 2)
     key = _run_hooks(hooks, "rot_k", key.transpose(1, 2)).transpose(1, 2)
     groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
     if scaling is None: scaling = query.shape[-1] ** -0.5
     if sdpa and softcap is None and not upcast and not (hooks.get("attn_scores") or hooks.get("pattern")):
+        if groups > 1: key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
         return _sdpa_z(module, query, key, value, attention_mask, scaling, dropout), None
     q, k = (query.float(), key.float()) if upcast else (query, key)
-    scores = torch.matmul(q, k.transpose(2, 3)) * scaling
+    (b, h, q_len, d), (kv, k_len) = q.shape, k.shape[1:3]
+    # grouped-query attention without repeating k and v: the g query heads that share a kv head are one matmul
+    scores = torch.matmul(q.reshape(b, kv, groups * q_len, d), k.transpose(2, 3)).view(b, h, q_len, k_len)
+    scores.mul_(scaling)                  # in place: the matmul's output is fresh
     if softcap is not None: scores = torch.tanh(scores / softcap) * softcap
-    mask = _additive_mask(attention_mask, scores.shape[-2], scores.shape[-1], scores.dtype, scores.device)
-    if mask is not None: scores = scores + mask
+    mask = _memo_mask(attention_mask, q_len, k_len, scores.dtype, scores.device)
+    if mask is not None: scores.add_(mask)
     scores = _run_hooks(hooks, "attn_scores", scores)
     pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     pattern = _run_hooks(hooks, "pattern", pattern)
     pattern = F.dropout(pattern, p=dropout, training=module.training)
-    z = torch.matmul(pattern, value)
+    z = torch.matmul(pattern.reshape(b, kv, groups * q_len, k_len), value).view(b, h, q_len, value.shape[-1])
     return z.transpose(1, 2).contiguous(), pattern
 
 def _sdpa_z(module, query, key, value, attention_mask, scaling, dropout):
@@ -158,6 +171,8 @@ def _original_attention(impl: str, module):
     if impl == "eager": return eager
     return ALL_ATTENTION_FUNCTIONS.get_interface(impl, eager)
 
+_UPCAST: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()   # attention modules whose eager scores are fp32
+
 def _register(impl: str) -> str:
     "Register `deeplens_<impl>` with transformers' attention and mask interfaces (once)."
     from transformers.modeling_utils import AttentionInterface
@@ -168,7 +183,9 @@ def _register(impl: str) -> str:
         raise ValueError(f"attention internals need a mask function for attn_implementation={impl!r}; "
                          "load the model with attn_implementation='sdpa' or 'eager'.")
     def attention(module, query, key, value, attention_mask, **kw):
-        if module in _ATTN_HOOKS: return hooked_attention(module, query, key, value, attention_mask, sdpa=impl == "sdpa", **kw)
+        if module in _ATTN_HOOKS:
+            return hooked_attention(module, query, key, value, attention_mask, sdpa=impl == "sdpa",
+                                    upcast=module in _UPCAST, **kw)
         return _original_attention(impl, module)(module, query, key, value, attention_mask, **kw)
     AttentionInterface.register(name, attention)
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[impl])
@@ -192,8 +209,10 @@ class AttentionSwitch:
     def add(self, module, key: str, call) -> "Handle":
         hooks = _ATTN_HOOKS.setdefault(module, {})
         hooks.setdefault(key, []).append(call)
-        if self.entry == "gptj": module._attn = types.MethodType(_gptj_attn, module)
+        if self.entry == "gptj" and hasattr(type(module), "_attn"):   # GPT-J's own eager method (older transformers)
+            module._attn = types.MethodType(_gptj_attn, module)
         else:
+            if self.entry == "gptj": _UPCAST.add(module)
             for c in self._configs(module):
                 if id(c) not in self.saved:
                     self.saved[id(c)] = (c, c._attn_implementation)
@@ -205,6 +224,7 @@ class AttentionSwitch:
             if module in _ATTN_HOOKS and not any(_ATTN_HOOKS[module].values()):
                 del _ATTN_HOOKS[module]
                 if self.entry == "gptj" and "_attn" in vars(module): del module._attn
+                _UPCAST.discard(module)
             self.active -= 1
             if self.active == 0: self.restore()
         return Handle(remove)

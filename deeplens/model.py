@@ -12,7 +12,7 @@ from torch import nn
 from .adapters import (ModelConfig, ArchSpec, Site, arch_spec, model_config, site_table,
                                canonical_name, closest_names)
 from .hooks import Hook, SiteContext, AttentionSwitch, attach, apply_norm, norm_eps, layer_of, head_results
-from .cache import ActivationCache, LazyDict
+from .cache import ActivationCache, LazyDict, _auto_keep_freed_memory
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'cache_dir', 'default_model_path', 'load_model', 'HookedModel', 'hooks', 'add_hook', 'reset_hooks',
@@ -332,6 +332,7 @@ def run_with_cache(self: HookedModel, inputs, names_filter=None, *, pos_slice=No
     `hook_result` entries are computed from the cached `hook_z` when first read (same values, no cost
     until then)."""
     names = self.names(names_filter)
+    _auto_keep_freed_memory(self.device)      # reuse the last cache's memory instead of faulting in fresh pages
     store, hidden = LazyDict(), {}
     def saver(key, dim, into=store):
         sl = _slicer(pos_slice, dim)

@@ -58,12 +58,14 @@ def test_z_through_W_O_equals_attn_out(fam):
     _, cache = m.run_with_cache(ids)
     W_O, b_O = m.W_O, m.b_O
     for l in range(m.cfg.n_layers):
-        z = cache[f"blocks.{l}.attn.hook_z"]
-        got = torch.einsum("bphd,hdm->bpm", z, W_O[l]) + b_O[l]
+        z = cache[f"blocks.{l}.attn.hook_z"].double()
+        got = torch.einsum("bphd,hdm->bpm", z, W_O[l].double()) + b_O[l].double()   # exact enough: float64
         want = cache[out_site.format(l=l)]
         if name == "gemma2": want = want.sum(2) + b_O[l]
-        # a hand matmul sums in another order than nn.Linear: allow float32 rounding on large entries too
-        torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-6)
+        # nn.Linear sums n_heads * d_head float32 products: its rounding error grows with sum |z| |W_O|
+        # (and its blocking, so its last bits, can change with buffer alignment between runs)
+        scale = torch.einsum("bphd,hdm->bpm", z.abs(), W_O[l].abs().double())
+        assert ((want.double() - got).abs() <= ATOL + 1e-5 * scale).all(), (want.double() - got).abs().max()
 
 ATTN_INTERNAL = ("hook_rot_q", "hook_rot_k", "hook_attn_scores", "hook_pattern")
 
