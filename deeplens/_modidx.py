@@ -239,6 +239,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'deeplens.cache._token_ids': ('cache.html#_token_ids', 'deeplens/cache.py'),
                                 'deeplens.cache._upto': ('cache.html#_upto', 'deeplens/cache.py'),
                                 'deeplens.cache.keep_freed_memory': ('cache.html#keep_freed_memory', 'deeplens/cache.py'),
+                                'deeplens.cache.paused_gc': ('cache.html#paused_gc', 'deeplens/cache.py'),
                                 'deeplens.cache.release_memory': ('cache.html#release_memory', 'deeplens/cache.py')},
             'deeplens.charts': { 'deeplens.charts.Chart': ('charts.html#chart', 'deeplens/charts.py'),
                                  'deeplens.charts.Chart.__add__': ('charts.html#chart.__add__', 'deeplens/charts.py'),

@@ -11,7 +11,7 @@ from .adapters import canonical_name, closest_names
 from .hooks import apply_norm
 
 # %% auto #0
-__all__ = ['CacheKeyError', 'LazyDict', 'ActivationCache', 'keep_freed_memory', 'release_memory']
+__all__ = ['CacheKeyError', 'LazyDict', 'ActivationCache', 'keep_freed_memory', 'release_memory', 'paused_gc']
 
 # %% ../nbs/02_cache.ipynb #1024d4d3
 def _slice_dim(t: torch.Tensor, sl, dim: int) -> torch.Tensor:
@@ -518,3 +518,15 @@ def _auto_keep_freed_memory(device) -> None:
     if env.get("DEEPLENS_KEEP_FREED_MEMORY", "1").strip().lower() in _OFF: return
     if "MALLOC_TRIM_THRESHOLD_" in env or "MALLOC_MMAP_THRESHOLD_" in env: return   # the user set glibc up
     keep_freed_memory()
+
+# %% ../nbs/02_cache.ipynb #1cc8c233
+import contextlib, gc
+
+@contextlib.contextmanager
+def paused_gc():
+    "Turn Python's cyclic garbage collector off inside the block (if it was on), and back on after."
+    was_on = gc.isenabled()
+    gc.disable()
+    try: yield
+    finally:
+        if was_on: gc.enable()

@@ -12,7 +12,7 @@ from torch import nn
 from .adapters import (ModelConfig, ArchSpec, Site, arch_spec, model_config, site_table,
                                canonical_name, closest_names)
 from .hooks import Hook, SiteContext, AttentionSwitch, attach, apply_norm, norm_eps, layer_of, head_results
-from .cache import ActivationCache, LazyDict, _auto_keep_freed_memory
+from .cache import ActivationCache, LazyDict, _auto_keep_freed_memory, paused_gc
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'cache_dir', 'default_model_path', 'load_model', 'HookedModel', 'hooks', 'add_hook', 'reset_hooks',
@@ -347,7 +347,7 @@ def run_with_cache(self: HookedModel, inputs, names_filter=None, *, pos_slice=No
     fwd += [(z, saver(z, 1, hidden)) for z in z_of.values() if z not in names]
     bwd = [(n, saver(n + "_grad", self.sites[n].pos_dim)) for n in names] if incl_bwd else []
     grad_ctx = torch.enable_grad() if incl_bwd else torch.no_grad()
-    with grad_ctx, self.hooks(fwd, bwd):
+    with paused_gc(), grad_ctx, self.hooks(fwd, bwd):   # no collector passes over the hooks' objects
         out = forward(self, inputs, return_type, **kw)
         if incl_bwd:
             target = metric(out) if metric is not None else out

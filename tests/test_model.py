@@ -222,6 +222,16 @@ def test_add_and_reset_hooks(tiny):
     m.reset_hooks()
     assert hook_dicts(m.hf) == before and torch.equal(m(ids), ref)
 
+def test_run_with_cache_pauses_the_collector(tiny):
+    import gc
+    m = tiny["llama"]; ids = tokens()
+    seen = []
+    m.add_hook("blocks.0.hook_resid_post", lambda a, h: seen.append(gc.isenabled()))
+    try:
+        m(ids); m.run_with_cache(ids, "blocks.1.hook_resid_post")
+    finally: m.reset_hooks()
+    assert seen == [True, False] and gc.isenabled()   # off inside the cached forward only, and back on after
+
 def test_stop_at_layer(tiny):
     m = tiny["llama"]; ids = tokens()
     ran = []
