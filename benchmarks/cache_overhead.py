@@ -13,7 +13,9 @@ SDPA attention, eval mode, and times under `torch.no_grad()`:
 Variants are timed round-robin (the order rotates every round), after warm-up, so slow drift of the machine hits
 them all alike. What is reported is the ratio of each variant's median time to the baseline's median; seconds are
 printed only for orientation. `paired` is the median over rounds of (variant / baseline in the same round), with its
-inter-quartile range as a noise indicator.
+inter-quartile range as a noise indicator. Python's garbage collector is left to run as it would in a user's loop
+over a dataset (no forced collection between calls): the full passes that a cached forward's own objects trigger
+are part of its cost (deeplens pauses the collector for the call, `deeplens.cache.paused_gc`).
 
     python benchmarks/cache_overhead.py                      # both models, 30 rounds
     python benchmarks/cache_overhead.py --models gpt2 --reps 10 --threads 2
@@ -93,8 +95,7 @@ def measure(fns: dict, reps: int, warmup: int) -> dict[str, list[float]]:
     times = {n: [] for n in names}
     for r in range(reps):
         order = names[r % len(names):] + names[:r % len(names)]   # rotate: each variant takes every slot
-        for n in order:
-            gc.collect()
+        for n in order:   # no gc.collect() between calls: the collector runs as it would in a user's loop
             t0 = time.perf_counter()
             fns[n]()
             times[n].append(time.perf_counter() - t0)
