@@ -479,7 +479,7 @@ def _load(cls, path, model=None, device=None) -> ActivationCache:
 ActivationCache.load = classmethod(_load)
 
 # %% ../nbs/02_cache.ipynb #a304e469
-import ctypes, platform, sys
+import ctypes, gc, platform, sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3     # mallopt parameter numbers in glibc's malloc.h
 _memory = {"kept": False, "auto_checked": False}
@@ -502,7 +502,6 @@ def keep_freed_memory(trim_threshold: int = 2 << 30, mmap_threshold: int = 256 <
 
 def release_memory() -> None:
     "Return freed memory to the system now: glibc's free heap pages and PyTorch's CUDA cache."
-    import gc
     gc.collect()
     libc = _glibc()
     if libc is not None: libc.malloc_trim(0)
@@ -520,7 +519,7 @@ def _auto_keep_freed_memory(device) -> None:
     keep_freed_memory()
 
 # %% ../nbs/02_cache.ipynb #1cc8c233
-import contextlib, gc
+import contextlib
 
 @contextlib.contextmanager
 def paused_gc():

@@ -158,7 +158,7 @@ def _sdpa_z(module, query, key, value, attention_mask, scaling, dropout):
     q_len, k_len = query.shape[-2], key.shape[-2]
     mask, causal = attention_mask, False
     if mask is None and q_len == k_len: causal = q_len > 1
-    elif mask is None or mask.ndim == 2: mask = _additive_mask(mask, q_len, k_len, query.dtype, query.device)
+    elif mask is None or mask.ndim == 2: mask = _memo_mask(mask, q_len, k_len, query.dtype, query.device)
     else: mask = mask[..., :k_len]
     z = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal, scale=scaling,
                                        dropout_p=dropout if module.training else 0.0)
