@@ -102,6 +102,7 @@ class ArchSpec:
     k_site: Proj | None = None
     attn_entry: str = "interface"    # "interface" (AttentionInterface) or "gptj" (GPT-J's `_attn` method)
     flat_mlp: bool = False           # OPT flattens [batch, pos] before its MLP
+    mlp_act: str | None = None       # the MLP's activation module: hook_post = act(pre) (· pre_linear if gated)
     why_missing: dict = field(default_factory=dict)
 
 # %% ../nbs/00_adapters.ipynb #9b557260
@@ -112,7 +113,7 @@ def _llama_like(cfg, norm="RMS", post_norms=False, qk_norm=False):
                  q=("self_attn.q_proj", heads(h, d)), k=("self_attn.k_proj", heads(kv, d)),
                  v=("self_attn.v_proj", heads(kv, d)), o="self_attn.o_proj",
                  mlp="mlp", mlp_gate=("mlp.gate_proj", None), mlp_in=("mlp.up_proj", None),
-                 mlp_out_proj="mlp.down_proj", normalization=norm,
+                 mlp_out_proj="mlp.down_proj", mlp_act="mlp.act_fn", normalization=norm,
                  ln2="post_attention_layernorm", resid_mid="post_attention_layernorm")
     if post_norms:   # Gemma 2: norms on the attention and MLP outputs, before they join the residual
         s.attn_out, s.ln2, s.resid_mid = "post_attention_layernorm", "pre_feedforward_layernorm", "pre_feedforward_layernorm"
@@ -128,7 +129,8 @@ def _gpt2(cfg):
                     ln_final="transformer.ln_f", unembed="lm_head", ln1="ln_1", ln2="ln_2", resid_mid="ln_2",
                     attn="attn", q=("attn.c_attn", heads(h, d, 0)), k=("attn.c_attn", heads(h, d, dm)),
                     v=("attn.c_attn", heads(h, d, 2 * dm)), o="attn.c_proj",
-                    mlp="mlp", mlp_in=("mlp.c_fc", None), mlp_out_proj="mlp.c_proj", normalization="LN")
+                    mlp="mlp", mlp_in=("mlp.c_fc", None), mlp_out_proj="mlp.c_proj", mlp_act="mlp.act",
+                    normalization="LN")
 
 def _neox(cfg):
     h = cfg.num_attention_heads
@@ -141,7 +143,7 @@ def _neox(cfg):
                     k=("attention.query_key_value", heads(h, d, stride=3 * d, offset=d)),
                     v=("attention.query_key_value", heads(h, d, stride=3 * d, offset=2 * d)),
                     o="attention.dense", mlp="mlp", mlp_in=("mlp.dense_h_to_4h", None),
-                    mlp_out_proj="mlp.dense_4h_to_h", normalization="LN",
+                    mlp_out_proj="mlp.dense_4h_to_h", mlp_act="mlp.act", normalization="LN",
                     why_missing={} if not par else {"resid_mid": _PARALLEL})
 
 def _gptj(cfg):
@@ -150,7 +152,7 @@ def _gptj(cfg):
     return ArchSpec(layers="transformer.h", embed="transformer.wte", ln_final="transformer.ln_f",
                     unembed="lm_head", ln1="ln_1", attn="attn",
                     q=("attn.q_proj", heads(h, d)), k=("attn.k_proj", heads(h, d)), v=("attn.v_proj", heads(h, d)),
-                    o="attn.out_proj", mlp="mlp", mlp_in=("mlp.fc_in", None), mlp_out_proj="mlp.fc_out",
+                    o="attn.out_proj", mlp="mlp", mlp_in=("mlp.fc_in", None), mlp_out_proj="mlp.fc_out", mlp_act="mlp.act",
                     normalization="LN", attn_entry="gptj",
                     why_missing={"resid_mid": _PARALLEL,
                                  "ln2": "GPT-J has one norm per block (ln_1), shared by attention and MLP: "
@@ -164,7 +166,8 @@ def _phi3(cfg):
                     attn="self_attn", q=("self_attn.qkv_proj", heads(h, d, 0)),
                     k=("self_attn.qkv_proj", heads(kv, d, h * d)), v=("self_attn.qkv_proj", heads(kv, d, (h + kv) * d)),
                     o="self_attn.o_proj", mlp="mlp", mlp_gate=("mlp.gate_up_proj", part(0, dm)),
-                    mlp_in=("mlp.gate_up_proj", part(dm, dm)), mlp_out_proj="mlp.down_proj", normalization="RMS")
+                    mlp_in=("mlp.gate_up_proj", part(dm, dm)), mlp_out_proj="mlp.down_proj",
+                    mlp_act="mlp.activation_fn", normalization="RMS")
 
 def _opt(cfg):
     if not cfg.do_layer_norm_before:
@@ -180,7 +183,7 @@ def _opt(cfg):
                     resid_mid="final_layer_norm", attn="self_attn",
                     q=("self_attn.q_proj", heads(h, d)), k=("self_attn.k_proj", heads(h, d)),
                     v=("self_attn.v_proj", heads(h, d)), o="self_attn.out_proj",
-                    mlp=None, mlp_in=("fc1", None), mlp_out_proj="fc2", mlp_out="fc2",
+                    mlp=None, mlp_in=("fc1", None), mlp_out_proj="fc2", mlp_out="fc2", mlp_act="activation_fn",
                     normalization="LN", flat_mlp=True)
 
 _PARALLEL = ("attention and MLP run in parallel on resid_pre here, so there is no residual stream "

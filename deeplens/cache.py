@@ -40,23 +40,29 @@ def _nbytes(tensors) -> int:
 # %% ../nbs/02_cache.ipynb #be4353ec
 from collections.abc import MutableMapping
 
+class _Recipe:
+    "A value still to be computed: `fn(the dict)`."
+    __slots__ = ("fn",)
+    def __init__(self, fn): self.fn = fn
+
 class LazyDict(MutableMapping):
-    "A dict whose entries may be zero-argument functions, called (once) on first access."
-    def __init__(self, data=None):
-        self.data, self.recipes = dict(data or {}), {}
+    "A dict whose entries may be functions of the dict, called (once) on first access; insertion order is kept."
+    def __init__(self, data=None): self.data = dict(data or {})
     def add_lazy(self, key, fn):
-        "Register `fn()` as the value of `key`, computed when first read."
-        self.recipes[key] = fn
+        "Register `fn(d)` as the value of `key`, computed when first read (it may read other entries of `d`)."
+        self.data[key] = _Recipe(fn)
+    def is_lazy(self, key) -> bool:
+        "True while `key` has not been computed yet."
+        return type(self.data.get(key)) is _Recipe
     def __getitem__(self, key):
-        if key not in self.data and key in self.recipes: self.data[key] = self.recipes.pop(key)()
-        return self.data[key]
-    def __setitem__(self, key, value): self.recipes.pop(key, None); self.data[key] = value
-    def __delitem__(self, key):
-        if key in self.recipes: del self.recipes[key]
-        else: del self.data[key]
-    def __contains__(self, key): return key in self.data or key in self.recipes
-    def __iter__(self): return iter([*self.data, *(k for k in self.recipes if k not in self.data)])
-    def __len__(self): return len(self.data) + len(self.recipes)
+        v = self.data[key]
+        if type(v) is _Recipe: v = self.data[key] = v.fn(self)
+        return v
+    def __setitem__(self, key, value): self.data[key] = value
+    def __delitem__(self, key): del self.data[key]
+    def __contains__(self, key): return key in self.data
+    def __iter__(self): return iter(self.data)
+    def __len__(self): return len(self.data)
 
 # %% ../nbs/02_cache.ipynb #3935c6b1
 class ActivationCache:

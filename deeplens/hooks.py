@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from .adapters import Site
 
 # %% auto #0
-__all__ = ['Hook', 'layer_of', 'checked_call', 'norm_eps', 'norm_scale', 'apply_norm', 'hooked_attention', 'AttentionSwitch',
-           'Handle', 'SiteContext', 'head_results', 'attach', 'GradRecord', 'CallRecord', 'NodeGradRecord',
-           'capture_gradients', 'capture_kwargs_hook', 'tensor_grad_hook', 'autograd_node_hook', 'capture_backward_pre']
+__all__ = ['Hook', 'layer_of', 'checked_call', 'norm_eps', 'norm_scale', 'apply_norm', 'softmax_pattern', 'hooked_attention',
+           'AttentionSwitch', 'Handle', 'SiteContext', 'head_results', 'attach', 'attach_reader', 'has_hooks',
+           'GradRecord', 'CallRecord', 'NodeGradRecord', 'capture_gradients', 'capture_kwargs_hook', 'tensor_grad_hook',
+           'autograd_node_hook', 'capture_backward_pre']
 
 # %% ../nbs/01_hooks.ipynb #92c6cb75
 @dataclass(eq=False)
@@ -126,6 +127,10 @@ def _run_hooks(hooks, key, act):
         if new is not None: act = new
     return act
 
+def softmax_pattern(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    "The attention pattern from (masked) scores: softmax over keys in fp32, cast to the values' dtype."
+    return F.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+
 def hooked_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
                      upcast=False, sdpa=False, **kwargs):
     "Eager attention that exposes rot_q, rot_k, attn_scores and pattern to the hooks of `module`."
@@ -147,7 +152,7 @@ def hooked_attention(module, query, key, value, attention_mask, scaling=None, dr
     mask = _memo_mask(attention_mask, q_len, k_len, scores.dtype, scores.device)
     if mask is not None: scores.add_(mask)
     scores = _run_hooks(hooks, "attn_scores", scores)
-    pattern = F.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    pattern = softmax_pattern(scores, value.dtype)
     pattern = _run_hooks(hooks, "pattern", pattern)
     pattern = F.dropout(pattern, p=dropout, training=module.training)
     z = torch.matmul(pattern.reshape(b, kv, groups * q_len, k_len), value).view(b, h, q_len, value.shape[-1])
@@ -362,6 +367,29 @@ def _computed_hook(ctx, site, mod, call, bwd, batch):
         o = _first_output(out)
         return _with_first_output(out, o + delta(o, act, new))
     return fwd
+
+# %% ../nbs/01_hooks.ipynb #959cc606
+def attach_reader(ctx: SiteContext, name: str, site: Site, keep: Callable) -> list:
+    "Register `keep(activation)` at `site` as a pure read (it never writes); returns handles to remove."
+    if site.flat or site.kind not in ("out", "in", "attn"):
+        return attach(ctx, name, site, lambda act, hook: keep(act))
+    mod, view = _module(ctx.hf, site.module), site.view
+    if site.kind == "attn": return [ctx.switch.add(mod, name.rsplit("hook_", 1)[1], keep)]
+    if site.kind == "out":
+        def fwd(m, args, out):
+            t = out[0] if type(out) is tuple else out
+            keep(view(t) if view else t)
+        return [mod.register_forward_hook(fwd)]
+    def pre(m, args, kwargs):
+        t = args[0] if args else _first_input(args, kwargs)
+        keep(view(t) if view else t)
+    return [mod.register_forward_pre_hook(pre, with_kwargs=True)]
+
+def has_hooks(module: nn.Module) -> bool:
+    "True if something could change what `module` reads or returns: a forward (pre-)hook of its own or a global one, a deeplens attention hook, or a replaced `forward`."
+    from torch.nn.modules import module as M
+    return bool(module._forward_hooks or module._forward_pre_hooks or module in _ATTN_HOOKS or "forward" in vars(module)
+                or M._global_forward_hooks or M._global_forward_pre_hooks)
 
 # %% ../nbs/01_hooks.ipynb #ed852779
 import contextlib, torch

@@ -4,20 +4,22 @@
 
 # %% ../nbs/03_model.ipynb #83de2a02
 from __future__ import annotations
-import contextlib, inspect, os, shutil, subprocess, sys, tempfile, time, zipfile
+import contextlib, inspect, os, re, shutil, subprocess, sys, tempfile, time, zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 import torch
 from torch import nn
 from .adapters import (ModelConfig, ArchSpec, Site, arch_spec, model_config, site_table,
                                canonical_name, closest_names)
-from .hooks import Hook, SiteContext, AttentionSwitch, attach, apply_norm, norm_eps, layer_of, head_results
+from .hooks import (Hook, SiteContext, AttentionSwitch, attach, attach_reader, has_hooks, apply_norm,
+                            norm_eps, norm_scale, layer_of, head_results, softmax_pattern, _o_weight)
 from .cache import ActivationCache, LazyDict, _auto_keep_freed_memory, paused_gc
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'cache_dir', 'default_model_path', 'load_model', 'HookedModel', 'hooks', 'add_hook', 'reset_hooks',
-           'to_tokens', 'to_str_tokens', 'to_string', 'to_single_token', 'forward', 'run_with_hooks', 'run_with_cache',
-           'generate', 'norm_module']
+           'to_tokens', 'to_str_tokens', 'to_string', 'to_single_token', 'forward', 'run_with_hooks', 'Derived',
+           'derived_sites', 'run_with_cache', 'generate', 'norm_module']
 
 # %% ../nbs/03_model.ipynb #78fa6d96
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -135,6 +137,7 @@ class HookedModel:
         self._switch = AttentionSwitch(self.spec.attn_entry)
         self._ctx = SiteContext(hf, self.cfg.normalization, self.cfg.n_heads, self.cfg.d_head, self._switch)
         self._persistent: list = []
+        self._derived, self._derived_ok = None, {}   # sites a cache derives (built on first use), and their checks
         self._fwd_params = set(inspect.signature(hf.forward).parameters)
         if tokenizer is not None and tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token   # batching needs a pad id; the attention mask hides it
@@ -315,6 +318,109 @@ def run_with_hooks(self: HookedModel, inputs, fwd_hooks=(), bwd_hooks=(), return
 
 HookedModel.forward, HookedModel.__call__, HookedModel.run_with_hooks = forward, forward, run_with_hooks
 
+# %% ../nbs/03_model.ipynb #f9948a35
+@dataclass(frozen=True)
+class Derived:
+    "A site a cache can compute, bit for bit, from other cached sites instead of hooking it."
+    inputs: tuple            # names of the sites it is computed from
+    fn: Callable             # fn(*inputs) -> the activation the site's hook would see
+    guard: tuple = ()        # modules between the inputs and the site: a hook on one means hook the site instead
+    weights: tuple = ()      # modules whose weights `fn` reads: they must not change before the entry is read
+    always: bool = False     # derived even when its inputs were not asked for, and under pos_slice/device (hook_result)
+
+def _same(x): return x
+def _add(a, b): return a + b
+
+def derived_sites(self: HookedModel) -> dict[str, Derived]:
+    "Every site of this model that a cache can derive from other sites, in forward order (built once)."
+    if self._derived is not None: return self._derived
+    s, c, mod, out = self.spec, self.cfg, self.hf.get_submodule, {}
+    def norm(prefix, x, m):
+        out[f"{prefix}.hook_scale"] = Derived((x,), lambda t, e=norm_eps(m): norm_scale(t, c.normalization, e), (m,))
+        out[f"{prefix}.hook_normalized"] = Derived((x,), lambda t, m=m: m.forward(t), (m,), (m,))
+    for l in range(c.n_layers):
+        b, blk = f"blocks.{l}.", f"{s.layers}.{l}"
+        pre, mid = b + "hook_resid_pre", b + "hook_resid_mid"
+        if l: out[pre] = Derived((f"blocks.{l - 1}.hook_resid_post",), _same, (mod(blk),))
+        norm(b + "ln1", pre, mod(f"{blk}.{s.ln1}"))
+        out[b + "attn.hook_pattern"] = Derived((b + "attn.hook_attn_scores", b + "attn.hook_v"),
+                                               lambda sc, v: softmax_pattern(sc, v.dtype), (mod(f"{blk}.{s.attn}"),))
+        o = mod(f"{blk}.{s.o}")
+        out[b + "attn.hook_result"] = Derived((b + "attn.hook_z",), lambda z, o=o: head_results(
+            z, _o_weight(o, c.n_heads, c.d_head).detach().to(z.device)), weights=(o,), always=True)
+        if s.resid_mid: out[mid] = Derived((pre, b + "hook_attn_out"), _add, (mod(f"{blk}.{s.resid_mid}"),))
+        if s.ln2: norm(b + "ln2", mid if s.resid_mid else pre, mod(f"{blk}.{s.ln2}"))
+        if s.mlp_act:
+            act, down = mod(f"{blk}.{s.mlp_act}"), mod(f"{blk}.{s.mlp_out_proj}")
+            if s.mlp_gate: out[b + "mlp.hook_post"] = Derived((b + "mlp.hook_pre", b + "mlp.hook_pre_linear"),
+                                                              lambda g, u, a=act: a.forward(g) * u, (act, down))
+            else: out[b + "mlp.hook_post"] = Derived((b + "mlp.hook_pre",), lambda p, a=act: a.forward(p), (act, down))
+    norm("ln_final", f"blocks.{c.n_layers - 1}.hook_resid_post", mod(s.ln_final))
+    self._derived = {n: d for n, d in out.items() if n in self.sites}
+    return self._derived
+
+HookedModel.derived_sites = derived_sites
+
+# %% ../nbs/03_model.ipynb #9839952a
+def _kind(name: str) -> str: return re.sub(r"^blocks\.\d+\.", "", name)
+
+def _plan(self: HookedModel, names: list[str], lazy: bool):
+    "→ (names to hook, {name: Derived} to derive, names both hooked and derived to check them)."
+    table, want = derived_sites(self), set(names)
+    derive, check, hidden = {}, [], []
+    for n in names:
+        d = table.get(n)
+        if d is None or not (lazy or d.always) or self._derived_ok.get(_kind(n)) is False: continue
+        if any(has_hooks(m) for m in d.guard): continue
+        missing = [i for i in d.inputs if i not in want]
+        if missing and not d.always: continue
+        hidden += [i for i in missing if i not in hidden]
+        derive[n] = d
+        if not d.always and _kind(n) not in self._derived_ok: check.append(n)
+    hooked = [n for n in names if n not in derive or n in check] + hidden
+    return hooked, derive, check
+
+def _weights_state(mods) -> tuple: return tuple((id(p), p._version) for m in mods for p in m.parameters())
+
+def _recipe(name: str, d: Derived, hidden: dict):
+    "What a `LazyDict` calls the first time `name` is read: `d.fn` on the entries (or hidden tensors) it derives from."
+    state = _weights_state(d.weights)
+    def compute(store):
+        if _weights_state(d.weights) != state:
+            raise RuntimeError(f"{name} is computed from the cache when first read, but the weights it needs "
+                               f"({', '.join(type(m).__name__ for m in d.weights)}) were changed in place after the "
+                               "forward. Read it before editing weights, or run run_with_cache again.")
+        with torch.no_grad(): return d.fn(*(store[i] if i in store else hidden[i] for i in d.inputs))
+    return compute
+
+def _identical(a, b) -> bool: return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+
+def _available(n, saved, derive) -> bool:
+    "Whether `n` was hooked, or can be derived from what was (a forward stopped early misses some)."
+    return n in saved or (n in derive and all(_available(i, saved, derive) for i in derive[n].inputs))
+
+def _computed(n, saved, derive):
+    return saved[n] if n in saved else derive[n].fn(*(_computed(i, saved, derive) for i in derive[n].inputs))
+
+def _assemble(self: HookedModel, names, saved: dict, derive: dict, check: list) -> LazyDict:
+    "The cache's entries, in the order of `names`: hooked tensors, and recipes for derived sites."
+    verdicts = {}
+    with torch.no_grad():
+        for n in check:                       # first derivation of its kind on this model: compare with the hook
+            d = derive.pop(n)
+            if n in saved and all(_available(i, saved, derive) for i in d.inputs):
+                got = d.fn(*(_computed(i, saved, derive) for i in d.inputs))
+                verdicts[_kind(n)] = verdicts.get(_kind(n), True) and _identical(got, saved[n])
+    self._derived_ok.update(verdicts)
+    store, want = LazyDict(), set(names)
+    hidden = {k: v for k, v in saved.items() if k not in want}   # inputs kept out of sight (hook_z for hook_result)
+    for n in names:
+        if n in saved: store[n] = saved[n]
+        elif n in derive and _available(n, saved, derive): store.add_lazy(n, _recipe(n, derive[n], hidden))
+    for k, v in saved.items():
+        if k.endswith("_grad"): store[k] = v
+    return store
+
 # %% ../nbs/03_model.ipynb #7189b97e
 def _slicer(pos_slice, dim):
     if pos_slice is None: return lambda t: t
@@ -326,28 +432,40 @@ def _slicer(pos_slice, dim):
         return t[(slice(None),) * dim + (idx,)]
     return f
 
+@contextlib.contextmanager
+def _reading(self: HookedModel, keeps: dict):
+    "Inside: `keeps[name](activation)` sees each named site (read-only hooks, all removed on exit)."
+    handles = []
+    try:
+        for n, keep in keeps.items(): handles += attach_reader(self._ctx, n, self.sites[n], keep)
+        yield
+    finally:
+        for h in reversed(handles): h.remove()
+
 def run_with_cache(self: HookedModel, inputs, names_filter=None, *, pos_slice=None, device=None,
                    incl_bwd: bool = False, return_type: str | None = "logits", metric: Callable | None = None, **kw):
     """Forward, caching activations at `names_filter` (None: all sites) → (output, ActivationCache).
-    `hook_result` entries are computed from the cached `hook_z` when first read (same values, no cost
-    until then)."""
+    Sites that are exact functions of other cached sites are computed when first read (see above)."""
     names = self.names(names_filter)
     _auto_keep_freed_memory(self.device)      # reuse the last cache's memory instead of faulting in fresh pages
-    store, hidden = LazyDict(), {}
-    def saver(key, dim, into=store):
+    lazy = pos_slice is None and device is None and not incl_bwd and not self.hf.training
+    hooked, derive, check = _plan(self, names, lazy)
+    saved = {}
+    def keeper(key, dim, copy=False):
+        if pos_slice is None and device is None and not copy:
+            def keep(t): saved[key] = t.detach() if t.requires_grad else t
+            return keep
         sl = _slicer(pos_slice, dim)
-        def save(act, hook):
-            a = sl(act.detach())
-            if key.endswith("_grad"): a = a.clone()   # autograd may reuse a gradient buffer later
-            into[key] = a.to(device) if device is not None else a
-        return save
-    lazy = [n for n in names if self.sites[n].kind == "result"]
-    fwd = [(n, saver(n, self.sites[n].pos_dim)) for n in names if n not in lazy]
-    z_of = {n: n.replace("attn.hook_result", "attn.hook_z") for n in lazy}
-    fwd += [(z, saver(z, 1, hidden)) for z in z_of.values() if z not in names]
-    bwd = [(n, saver(n + "_grad", self.sites[n].pos_dim)) for n in names] if incl_bwd else []
+        def keep(t):
+            a = sl(t.detach())
+            if copy: a = a.clone()            # autograd may reuse a gradient buffer later
+            saved[key] = a.to(device) if device is not None else a
+        return keep
+    keeps = {n: keeper(n, self.sites[n].pos_dim) for n in hooked}
+    bwd = [(n, lambda g, hook, keep=keeper(n + "_grad", self.sites[n].pos_dim, copy=True): keep(g))
+           for n in names] if incl_bwd else []
     grad_ctx = torch.enable_grad() if incl_bwd else torch.no_grad()
-    with paused_gc(), grad_ctx, self.hooks(fwd, bwd):   # no collector passes over the hooks' objects
+    with paused_gc(), grad_ctx, _reading(self, keeps), self.hooks((), bwd):   # no collector passes over the hooks' objects
         out = forward(self, inputs, return_type, **kw)
         if incl_bwd:
             target = metric(out) if metric is not None else out
@@ -355,13 +473,8 @@ def run_with_cache(self: HookedModel, inputs, names_filter=None, *, pos_slice=No
                 raise ValueError("incl_bwd=True needs a scalar to differentiate: pass metric=fn(output) -> scalar, "
                                  "or return_type='loss'.")
             target.backward()
-    for n, zn in z_of.items():
-        if zn in store or zn in hidden:
-            z = store[zn] if zn in store else hidden[zn]
-            W_O = _xw(_o(self, layer_of(n))).detach().unflatten(0, (self.cfg.n_heads, self.cfg.d_head))
-            store.add_lazy(n, lambda z=z, W_O=W_O: head_results(z, W_O.to(z.device)))
     if incl_bwd and isinstance(out, torch.Tensor): out = out.detach()
-    return out, ActivationCache(store, self, has_batch_dim=True)
+    return out, ActivationCache(_assemble(self, names, saved, derive, check), self, has_batch_dim=True)
 
 HookedModel.run_with_cache = run_with_cache
 

@@ -1,0 +1,139 @@
+"""Sites a cache derives from other cached sites instead of hooking (resid_mid, norms, pattern, mlp post, ...):
+bit-identical to the hooked tensors and to plain PyTorch hooks, guarded against hooks in between, checked once
+per model, refusing to run after an in-place weight edit, and freed without reference cycles."""
+import sys, os, gc, weakref
+sys.path.insert(0, os.path.dirname(__file__))
+import pytest
+import torch
+from torch import nn
+from tiny import FAMILIES, tiny_hf, tokens
+from deeplens.model import HookedModel, load_model
+
+@pytest.fixture(scope="module", params=FAMILIES + ["default"])
+def fam(request):
+    if request.param == "default":
+        m = load_model(verbose=False)
+        return "default", HookedModel(m.hf, m.tokenizer)   # a fresh wrapper: its derivations are unchecked
+    return request.param, HookedModel(tiny_hf(request.param))
+
+def hooked_values(m, ids):
+    "Every site's activation as a hook function sees it (the path that never derives)."
+    seen = {}
+    m.run_with_hooks(ids, fwd_hooks=[(lambda n: True, lambda a, h: seen.__setitem__(h.name, a.detach().clone()))])
+    return seen
+
+def plain_hook_values(m, ids):
+    "Module inputs and outputs seen by plain PyTorch hooks, under the canonical names they correspond to."
+    s, seen, handles = m.spec, {}, []
+    def out(name, path):
+        handles.append(m.hf.get_submodule(path).register_forward_hook(
+            lambda mod, a, o: seen.__setitem__(name, (o[0] if isinstance(o, tuple) else o).detach().clone())))
+    def inp(name, path):
+        handles.append(m.hf.get_submodule(path).register_forward_pre_hook(
+            lambda mod, a: seen.__setitem__(name, a[0].detach().clone())))
+    for l in range(m.cfg.n_layers):
+        b = f"{s.layers}.{l}"
+        inp(f"blocks.{l}.hook_resid_pre", b)
+        out(f"blocks.{l}.ln1.hook_normalized", f"{b}.{s.ln1}")
+        if s.ln2: out(f"blocks.{l}.ln2.hook_normalized", f"{b}.{s.ln2}")
+        if s.resid_mid: inp(f"blocks.{l}.hook_resid_mid", f"{b}.{s.resid_mid}")
+        inp(f"blocks.{l}.mlp.hook_post", f"{b}.{s.mlp_out_proj}")
+    out("ln_final.hook_normalized", s.ln_final)
+    eager = [(lambda n: n.endswith("hook_pattern"), lambda a, h: None)]   # the cache's attention path (eager)
+    try:
+        with torch.no_grad(), m.hooks(eager): m.hf(ids)
+    finally:
+        for h in handles: h.remove()
+    return seen
+
+def test_every_site_equals_its_hook_bit_for_bit(fam):
+    name, m = fam
+    ids = tokens()
+    ref, plain = hooked_values(m, ids), plain_hook_values(m, ids)
+    for call in ("first (derivations checked against hooks)", "second (derived)"):
+        logits, cache = m.run_with_cache(ids)
+        lazy = [n for n in cache.keys() if cache.cache_dict.is_lazy(n)]
+        if call.startswith("second"):
+            assert len(lazy) >= 4 * m.cfg.n_layers, f"{name}: only {lazy} derived"
+            assert all(m._derived_ok.values()), m._derived_ok
+        assert list(cache.keys()) == m.hook_names()              # forward order, derived entries in place
+        with torch.no_grad(): torch.testing.assert_close(logits, m.hf(ids).logits, atol=1e-4, rtol=0)   # eager attention
+        for n in m.hook_names():
+            assert torch.equal(cache[n], ref[n]), f"{name}, {call} call: {n} differs from its hook"
+        for n, v in plain.items():
+            want = v.view(cache[n].shape)                        # OPT's MLP sees [batch*pos, ...]
+            assert torch.equal(cache[n], want), f"{name}, {call} call: {n} differs from a plain PyTorch hook"
+
+@pytest.fixture
+def llama():
+    return HookedModel(tiny_hf("llama"))
+
+def test_a_hook_in_between_means_the_site_is_hooked(llama):
+    m, ids = llama, tokens()
+    m.run_with_cache(ids)                                         # checks done: from here on these sites derive
+    def double(a, h): return a * 2
+    # a deeplens hook writing resid_mid, and a plain PyTorch hook changing ln1's output
+    m.add_hook("blocks.0.hook_resid_mid", double)
+    ln1 = m.hf.model.layers[1].input_layernorm
+    h = ln1.register_forward_hook(lambda mod, a, o: o + 1)
+    try:
+        ref = hooked_values(m, ids)
+        _, cache = m.run_with_cache(ids)
+    finally:
+        h.remove(); m.reset_hooks()
+    for n in ("blocks.0.hook_resid_mid", "blocks.0.ln2.hook_normalized", "blocks.0.ln2.hook_scale",
+              "blocks.1.ln1.hook_normalized", "blocks.1.hook_resid_pre"):
+        assert torch.equal(cache[n], ref[n]), n
+    assert not cache.cache_dict.is_lazy("blocks.1.ln1.hook_normalized")      # hooked, not derived
+    assert cache.cache_dict.is_lazy("blocks.0.ln1.hook_normalized")          # nothing in its way
+
+def test_a_derivation_that_differs_is_hooked_from_then_on(llama):
+    m, ids = llama, tokens()
+    mlp = m.hf.model.layers[1].mlp
+    class Fused(type(mlp)):   # stands for a patched kernel: act(gate)·up rounded differently from the act module
+        def forward(self, x): return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x) * (1 + 2**-20))
+    mlp.__class__ = Fused
+    ref = hooked_values(m, ids)
+    for _ in range(2):
+        _, cache = m.run_with_cache(ids)
+        assert m._derived_ok["mlp.hook_post"] is False and m._derived_ok["hook_resid_mid"] is True
+        assert not cache.cache_dict.is_lazy("blocks.0.mlp.hook_post")
+        for n in ("blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post"): assert torch.equal(cache[n], ref[n]), n
+
+def test_derived_entry_refuses_after_an_in_place_weight_edit(llama):
+    m, ids = llama, tokens()
+    m.run_with_cache(ids)
+    _, cache = m.run_with_cache(ids)
+    before = cache["blocks.0.ln1.hook_normalized"]                          # read before the edit: fine
+    with torch.no_grad(): m.hf.model.layers[1].input_layernorm.weight.mul_(2)
+    with pytest.raises(RuntimeError, match="changed in place"):
+        cache["blocks.1.ln1.hook_normalized"]
+    assert torch.equal(cache["blocks.0.ln1.hook_normalized"], before)
+    assert torch.equal(cache["blocks.1.hook_resid_mid"], cache["blocks.1.hook_resid_pre"] + cache["blocks.1.hook_attn_out"])
+
+def test_partial_caches_and_modes_hook_what_they_cannot_derive(llama):
+    m, ids = llama, tokens()
+    ref = hooked_values(m, ids)
+    m.run_with_cache(ids)
+    # inputs not asked for: the site is hooked rather than keeping its inputs alive
+    _, c = m.run_with_cache(ids, ["blocks.1.ln2.hook_scale", "blocks.1.mlp.hook_post"])
+    assert list(c.keys()) == ["blocks.1.ln2.hook_scale", "blocks.1.mlp.hook_post"] and not c.cache_dict.is_lazy("blocks.1.mlp.hook_post")
+    # pos_slice, device and incl_bwd hook every site (hook_result excepted)
+    for kw in (dict(pos_slice=-1), dict(device="cpu")):
+        _, c = m.run_with_cache(ids, **kw)
+        assert not any(c.cache_dict.is_lazy(n) for n in c.keys() if not n.endswith("hook_result"))
+        sl = (lambda n, t: t[:, :, -1:] if n.endswith(("hook_pattern", "hook_attn_scores")) else t[:, -1:]) \
+            if "pos_slice" in kw else (lambda n, t: t)
+        for n in m.hook_names(): assert torch.equal(c[n], sl(n, ref[n])), (kw, n)
+
+def test_a_cache_is_freed_without_the_cycle_collector(llama):
+    m, ids = llama, tokens()
+    m.run_with_cache(ids)
+    gc.collect(); was = gc.isenabled(); gc.disable()
+    try:
+        _, cache = m.run_with_cache(ids)
+        refs = [weakref.ref(cache.cache_dict), weakref.ref(cache["blocks.0.hook_resid_post"])]
+        del cache
+        assert all(r() is None for r in refs)     # reference counting alone frees it: no cycles through recipes
+    finally:
+        if was: gc.enable()
