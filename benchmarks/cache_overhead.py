@@ -6,6 +6,7 @@ SDPA attention, eval mode, and times under `torch.no_grad()`:
   bare           hf(input_ids)                                   the baseline, timed in the same run
   wrap           HookedModel(...)(input_ids), no hooks            diagnostic: wrapper cost alone (--no-wrap to skip)
   cache_all      run_with_cache(input_ids)                        every hook site
+  cache_all_read the same, then every entry but hook_result read  diagnostic: derived sites computed too (--no-read to skip)
   cache_resid    run_with_cache(..., names_filter=<resid_post>)   hook_resid_post of every block
   cache_pattern  run_with_cache(..., names_filter=<pattern>)      attn.hook_pattern of every block
   hooks_resid    run_with_hooks(identity hook on resid_pre/mid/post)
@@ -21,7 +22,10 @@ are part of its cost (deeplens pauses the collector for the call, `deeplens.cach
     python benchmarks/cache_overhead.py --models gpt2 --reps 10 --threads 2
     python benchmarks/cache_overhead.py --glibc-defaults     # without deeplens' freed-memory policy (both sides)
 
-Caching every site retains ~390 MB per SmolLM2-shaped forward at 4x64 tokens. With glibc's default malloc
+A fifth of the sites are exact functions of others (resid_mid = resid_pre + attn_out, a norm's output, the pattern
+from the scores, ...): run_with_cache keeps a recipe for those and computes them when first read (nbs/03_model.ipynb,
+"Sites derived instead of stored"). `cache_all_read` shows the cost when a loop reads every entry of every cache.
+Caching every site retains ~270 MB per SmolLM2-shaped forward at 4x64 tokens (~390 MB before derivation). With glibc's default malloc
 settings the previous cache's memory goes back to the OS when it is freed, and the next forward faults fresh,
 zeroed pages back in (~0.3x of a bare forward). deeplens therefore keeps freed CPU memory for reuse, as
 PyTorch's CUDA allocator does on GPUs (`deeplens.cache.keep_freed_memory`, set on the first CPU
@@ -55,6 +59,11 @@ def build(name: str, seed: int = 0):
     return hf.to("cpu").eval()
 
 
+def read_all(cache):
+    "Read every entry but hook_result (lazy from hook_z since long before the other derived sites; 160 MB here)."
+    return [cache[n] for n in cache.keys() if not n.endswith("hook_result")]
+
+
 def variants(hf, m: HookedModel, ids):
     resid = lambda n: n.endswith("hook_resid_post")
     pattern = lambda n: n.endswith("attn.hook_pattern")
@@ -64,10 +73,11 @@ def variants(hf, m: HookedModel, ids):
         "bare": lambda: hf(ids).logits,
         "wrap": lambda: m(ids),
         "cache_all": lambda: m.run_with_cache(ids)[0],
+        "cache_all_read": lambda: read_all(m.run_with_cache(ids)[1]),
         "cache_resid": lambda: m.run_with_cache(ids, names_filter=resid)[0],
         "cache_pattern": lambda: m.run_with_cache(ids, names_filter=pattern)[0],
         "hooks_resid": lambda: m.run_with_hooks(ids, fwd_hooks=[(any_resid, identity)]),
-    }, {"cache_all": len(m.names(None)), "cache_resid": len(m.names(resid)),
+    }, {"cache_all": len(m.names(None)), "cache_all_read": len(m.names(None)), "cache_resid": len(m.names(resid)),
         "cache_pattern": len(m.names(pattern)), "hooks_resid": len(m.names(any_resid))}
 
 
@@ -133,6 +143,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--pos", type=int, default=64)
     p.add_argument("--no-wrap", action="store_true", help="skip the diagnostic `wrap` variant (saves time)")
+    p.add_argument("--no-read", action="store_true", help="skip the diagnostic `cache_all_read` variant (saves time)")
     p.add_argument("--glibc-defaults", action="store_true",
                    help="re-run with DEEPLENS_KEEP_FREED_MEMORY=0: glibc returns freed memory to the OS (both sides)")
     a = p.parse_args(argv)
@@ -156,6 +167,7 @@ def main(argv=None):
             print(f"  malloc: {malloc_policy()}")
             fns, counts = variants(hf, m, ids)
             if a.no_wrap: del fns["wrap"]
+            if a.no_read: del fns["cache_all_read"]
             times = measure(fns, a.reps, a.warmup)
         summary[s] = report(times, counts)
         print(f"  ({time.perf_counter() - t0:.0f}s)")

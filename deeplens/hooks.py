@@ -385,11 +385,12 @@ def attach_reader(ctx: SiteContext, name: str, site: Site, keep: Callable) -> li
         keep(view(t) if view else t)
     return [mod.register_forward_pre_hook(pre, with_kwargs=True)]
 
+from torch.nn.modules import module as _torch_module
+
 def has_hooks(module: nn.Module) -> bool:
     "True if something could change what `module` reads or returns: a forward (pre-)hook of its own or a global one, a deeplens attention hook, or a replaced `forward`."
-    from torch.nn.modules import module as M
     return bool(module._forward_hooks or module._forward_pre_hooks or module in _ATTN_HOOKS or "forward" in vars(module)
-                or M._global_forward_hooks or M._global_forward_pre_hooks)
+                or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks)
 
 # %% ../nbs/01_hooks.ipynb #ed852779
 import contextlib, torch

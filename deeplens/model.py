@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_model.ipynb #83de2a02
 from __future__ import annotations
-import contextlib, inspect, os, re, shutil, subprocess, sys, tempfile, time, zipfile
+import contextlib, functools, inspect, os, re, shutil, subprocess, sys, tempfile, time, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -362,7 +362,8 @@ def derived_sites(self: HookedModel) -> dict[str, Derived]:
 HookedModel.derived_sites = derived_sites
 
 # %% ../nbs/03_model.ipynb #9839952a
-def _kind(name: str) -> str: return re.sub(r"^blocks\.\d+\.", "", name)
+@functools.lru_cache(maxsize=None)
+def _kind(name: str) -> str: return re.sub(r"^blocks\.\d+\.", "", name)   # the site without its layer
 
 def _plan(self: HookedModel, names: list[str], lazy: bool):
     "→ (names to hook, {name: Derived} to derive, names both hooked and derived to check them)."
@@ -380,7 +381,7 @@ def _plan(self: HookedModel, names: list[str], lazy: bool):
     hooked = [n for n in names if n not in derive or n in check] + hidden
     return hooked, derive, check
 
-def _weights_state(mods) -> tuple: return tuple((id(p), p._version) for m in mods for p in m.parameters())
+def _weights_state(mods) -> tuple: return tuple((id(p), p._version) for m in mods for p in m._parameters.values() if p is not None)
 
 def _recipe(name: str, d: Derived, hidden: dict):
     "What a `LazyDict` calls the first time `name` is read: `d.fn` on the entries (or hidden tensors) it derives from."
@@ -395,28 +396,31 @@ def _recipe(name: str, d: Derived, hidden: dict):
 
 def _identical(a, b) -> bool: return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
 
-def _available(n, saved, derive) -> bool:
+def _available(n, saved, derive, memo) -> bool:
     "Whether `n` was hooked, or can be derived from what was (a forward stopped early misses some)."
-    return n in saved or (n in derive and all(_available(i, saved, derive) for i in derive[n].inputs))
+    if n in saved: return True
+    if n not in memo: memo[n] = n in derive and all(_available(i, saved, derive, memo) for i in derive[n].inputs)
+    return memo[n]
 
 def _computed(n, saved, derive):
     return saved[n] if n in saved else derive[n].fn(*(_computed(i, saved, derive) for i in derive[n].inputs))
 
 def _assemble(self: HookedModel, names, saved: dict, derive: dict, check: list) -> LazyDict:
     "The cache's entries, in the order of `names`: hooked tensors, and recipes for derived sites."
-    verdicts = {}
+    verdicts, memo = {}, {}
     with torch.no_grad():
         for n in check:                       # first derivation of its kind on this model: compare with the hook
             d = derive.pop(n)
-            if n in saved and all(_available(i, saved, derive) for i in d.inputs):
+            if n in saved and all(_available(i, saved, derive, memo) for i in d.inputs):
                 got = d.fn(*(_computed(i, saved, derive) for i in d.inputs))
                 verdicts[_kind(n)] = verdicts.get(_kind(n), True) and _identical(got, saved[n])
     self._derived_ok.update(verdicts)
+    memo.clear()                              # the checked sites are hooked values now, not recipes
     store, want = LazyDict(), set(names)
     hidden = {k: v for k, v in saved.items() if k not in want}   # inputs kept out of sight (hook_z for hook_result)
     for n in names:
         if n in saved: store[n] = saved[n]
-        elif n in derive and _available(n, saved, derive): store.add_lazy(n, _recipe(n, derive[n], hidden))
+        elif n in derive and _available(n, saved, derive, memo): store.add_lazy(n, _recipe(n, derive[n], hidden))
     for k, v in saved.items():
         if k.endswith("_grad"): store[k] = v
     return store
@@ -445,7 +449,7 @@ def _reading(self: HookedModel, keeps: dict):
 def run_with_cache(self: HookedModel, inputs, names_filter=None, *, pos_slice=None, device=None,
                    incl_bwd: bool = False, return_type: str | None = "logits", metric: Callable | None = None, **kw):
     """Forward, caching activations at `names_filter` (None: all sites) → (output, ActivationCache).
-    Sites that are exact functions of other cached sites are computed when first read (see above)."""
+    Sites that are exact functions of other cached sites are computed when first read (`derived_sites`)."""
     names = self.names(names_filter)
     _auto_keep_freed_memory(self.device)      # reuse the last cache's memory instead of faulting in fresh pages
     lazy = pos_slice is None and device is None and not incl_bwd and not self.hf.training
