@@ -452,7 +452,8 @@ def run_with_cache(self: HookedModel, inputs, names_filter=None, *, pos_slice=No
     Sites that are exact functions of other cached sites are computed when first read (`derived_sites`)."""
     names = self.names(names_filter)
     _auto_keep_freed_memory(self.device)      # reuse the last cache's memory instead of faulting in fresh pages
-    lazy = pos_slice is None and device is None and not incl_bwd and not self.hf.training
+    lazy = (pos_slice is None and device is None and not incl_bwd and not self.hf.training
+            and not torch.is_autocast_enabled(self.device.type))
     hooked, derive, check = _plan(self, names, lazy)
     saved = {}
     def keeper(key, dim, copy=False):

@@ -118,13 +118,20 @@ def test_partial_caches_and_modes_hook_what_they_cannot_derive(llama):
     # inputs not asked for: the site is hooked rather than keeping its inputs alive
     _, c = m.run_with_cache(ids, ["blocks.1.ln2.hook_scale", "blocks.1.mlp.hook_post"])
     assert list(c.keys()) == ["blocks.1.ln2.hook_scale", "blocks.1.mlp.hook_post"] and not c.cache_dict.is_lazy("blocks.1.mlp.hook_post")
-    # pos_slice, device and incl_bwd hook every site (hook_result excepted)
+    # pos_slice, device, autocast and incl_bwd hook every site (hook_result excepted)
     for kw in (dict(pos_slice=-1), dict(device="cpu")):
         _, c = m.run_with_cache(ids, **kw)
         assert not any(c.cache_dict.is_lazy(n) for n in c.keys() if not n.endswith("hook_result"))
         sl = (lambda n, t: t[:, :, -1:] if n.endswith(("hook_pattern", "hook_attn_scores")) else t[:, -1:]) \
             if "pos_slice" in kw else (lambda n, t: t)
         for n in m.hook_names(): assert torch.equal(c[n], sl(n, ref[n])), (kw, n)
+    _, c = m.run_with_cache(ids, incl_bwd=True, return_type="loss")
+    assert not any(c.cache_dict.is_lazy(n) for n in c.keys() if not n.endswith("hook_result"))
+    assert "blocks.1.hook_resid_mid_grad" in c     # (a forward with autograd on may round differently: close, not equal)
+    torch.testing.assert_close(c["blocks.1.hook_resid_mid"], ref["blocks.1.hook_resid_mid"], atol=1e-5, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):   # values computed under autocast are not recomputed outside it
+        _, c = m.run_with_cache(ids)
+    assert not any(c.cache_dict.is_lazy(n) for n in c.keys() if not n.endswith("hook_result"))
 
 def test_a_cache_is_freed_without_the_cycle_collector(llama):
     m, ids = llama, tokens()
