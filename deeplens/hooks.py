@@ -377,11 +377,11 @@ def attach_reader(ctx: SiteContext, name: str, site: Site, keep: Callable) -> li
     if site.kind == "attn": return [ctx.switch.add(mod, name.rsplit("hook_", 1)[1], keep)]
     if site.kind == "out":
         def fwd(m, args, out):
-            t = out[0] if type(out) is tuple else out
+            t = _first_output(out)
             keep(view(t) if view else t)
         return [mod.register_forward_hook(fwd)]
     def pre(m, args, kwargs):
-        t = args[0] if args else _first_input(args, kwargs)
+        t = _first_input(args, kwargs)
         keep(view(t) if view else t)
     return [mod.register_forward_pre_hook(pre, with_kwargs=True)]
 
