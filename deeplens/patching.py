@@ -428,7 +428,7 @@ def _start_at(model, layer: int, resid: torch.Tensor | None):
         handle.remove()
         for l in range(layer): blocks[l].__dict__.pop("forward", None)
 
-_MIN_ROWS = 16   # CPU BLAS rounds matmuls of a few rows differently from larger ones: pad the unembedding's input to keep results bit-identical
+_MIN_ROWS = 16   # MKL rounds matmuls of a few rows differently from larger ones: padding keeps results bit-identical there (to rounding elsewhere)
 
 @contextlib.contextmanager
 def _unembed_at(model, pos: int | None):

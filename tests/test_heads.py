@@ -47,7 +47,7 @@ def test_induction_on_default_model(smol):
     assert s["repeated_half_loss"] < 0.5 * s["first_half_loss"]
     # the public wrappers return the same numbers (smaller run)
     s2 = head_scores(smol, seq_len=12, n_seqs=2, seed=1)
-    assert torch.equal(induction_scores(smol, 12, 2, 1), s2["induction"])
+    assert torch.equal(induction_scores(smol, 12, 2, 1), s2["induction"])   # exact: the wrapper runs head_scores itself
     assert repeated_token_loss(smol, 12, 2, 1) == {"first_half": s2["first_half_loss"], "repeated_half": s2["repeated_half_loss"]}
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -68,6 +68,7 @@ def test_scores_match_plain_hf_attentions(family):
     nll = F.cross_entropy(out.logits[:, :-1].transpose(1, 2), toks[:, 1:], reduction="none")
     assert abs(s["first_half_loss"] - float(nll[:, :L - 1].mean())) < 1e-4
     assert abs(s["repeated_half_loss"] - float(nll[:, L:].mean())) < 1e-4
+    # exact: the wrappers run head_scores with the same arguments (the same computation replayed)
     assert torch.equal(previous_token_scores(m, L, n, 4, batch_size=2), s["previous_token"])
     assert torch.equal(duplicate_token_scores(m, L, n, 4, batch_size=2), s["duplicate_token"])
     assert hook_count(m.hf) == 0
@@ -86,6 +87,7 @@ def test_repeated_tokens_default_model(smol):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
 def test_all_ones_gates_exact_tiny(family):
+    "Exact by construction: z·1.0 is z, so the gate hook does not write and the forward runs the kernels it always runs."
     m = HookedModel(tiny_hf(family)); ids = tokens()
     ref = m(ids)
     assert torch.equal(m.run_with_hooks(ids, fwd_hooks=gate_hooks(m, torch.ones(2, 4))), ref)

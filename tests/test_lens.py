@@ -45,9 +45,25 @@ def test_last_layer_equals_model_logits(tiny, family):
     with torch.no_grad(): got = unembed_fn(m)(cache[f"blocks.{m.cfg.n_layers - 1}.hook_resid_post"])
     assert torch.equal(got, ref)                                      # bit for bit, softcapping (gemma2) included
     r = logit_lens(m, ids)
+    # exact by construction: the lens unembeds whole rows, the same kernels on the same shapes as the forward
     assert torch.equal(r.top_ids[-1], ref.topk(5, -1).indices)
     assert (r.kl[-1] == 0).all() and (r.final_rank[-1] == 1).all() and r.agree[-1].all()
     torch.testing.assert_close(r.final_prob[-1], ref.softmax(-1).max(-1).values, atol=1e-6, rtol=0)
+
+EPS = 1e-4    # logits computed two ways differ by ~1e-6; a gap below EPS is a tie either way may break
+
+def assert_top_ids(got: torch.Tensor, logits: torch.Tensor):
+    "`got` [pos, k] are top-k ids of `logits` [pos, vocab]: their logits equal the sorted top-k values up to EPS."
+    torch.testing.assert_close(logits.gather(-1, got), logits.topk(got.shape[-1], -1).values, atol=EPS, rtol=0)
+
+def assert_rank(got: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, at_most_2: bool = False):
+    """`got` [pos] is the 1-based rank of `target` [pos] in `logits` [pos, vocab], up to near-ties: between the
+    number of logits clearly above the target's (+1) and the number above it within EPS (+1). `at_most_2`: `got`
+    only says whether the rank is 1 (1) or not (2)."""
+    t = logits.gather(-1, target[:, None])
+    lo, hi = (logits > t + EPS).sum(-1) + 1, (logits > t - EPS).sum(-1) + 1
+    if at_most_2: lo, hi = lo.clamp(max=2), hi.clamp(max=2)
+    assert ((lo <= got) & (got <= hi)).all(), (got, lo, hi)
 
 def test_intermediate_layers_match_hand_computation(tiny):
     "Llama: hidden_states from HF, RMSNorm and unembedding written out by hand, KL/ranks from the definitions."
@@ -63,14 +79,14 @@ def test_intermediate_layers_match_hand_computation(tiny):
         q = logits.softmax(-1)
         kl = (p_final * (p_final.log() - q.log())).sum(-1)
         torch.testing.assert_close(r.kl[l, 0], kl, atol=1e-4, rtol=1e-4)
-        assert torch.equal(r.top_ids[l, 0], logits.topk(3, -1).indices)
+        # ids and ranks from two computations of the logits agree up to near-ties (|Δlogit| < EPS), which the
+        # rounding of a different norm/matmul order may break either way
+        assert_top_ids(r.top_ids[l, 0], logits)
         top = out.logits[0].argmax(-1)
-        rank = torch.tensor([int((logits[p] > logits[p, top[p]]).sum()) + 1 for p in range(6)])
-        assert torch.equal(r.final_rank[l, 0], rank)
-        in_rank = torch.tensor([int((logits[p] > logits[p, ids[0, p]]).sum()) + 1 for p in range(6)])
-        assert torch.equal(r.input_rank[l, 0], in_rank)
+        assert_rank(r.final_rank[l, 0], logits, top)
+        assert_rank(r.input_rank[l, 0], logits, ids[0])
         torch.testing.assert_close(r.final_prob[l, 0], q[torch.arange(6), top], atol=1e-6, rtol=1e-4)
-        assert torch.equal(r.agree[l, 0], logits.argmax(-1) == top)
+        assert_rank((~r.agree[l, 0]).long() + 1, logits, top, at_most_2=True)
 
 def test_selection_and_padding_agree_with_full_single_runs(smol):
     texts = ["The capital of France is", "Hello world"]
@@ -80,7 +96,10 @@ def test_selection_and_padding_agree_with_full_single_runs(smol):
     for b, f in enumerate(full):
         for k in ("kl", "final_prob", "top_probs"):
             torch.testing.assert_close(getattr(r, k)[:, b], getattr(f, k)[:, 0, -2:], atol=2e-3, rtol=1e-3)
-        assert torch.equal(r.top_ids[:, b, :, 0], f.top_ids[:, 0, -2:, 0])
+        # batched with padding vs alone: top-1 ids agree except where the top two are a near-tie
+        same = r.top_ids[:, b, :, 0] == f.top_ids[:, 0, -2:, 0]
+        p1, p2 = f.top_probs[:, 0, -2:, 0], f.top_probs[:, 0, -2:, 1]
+        assert (same | (p1 - p2 < 1e-3)).all()
 
 # --- the default model ----------------------------------------------------------------------------------------
 
@@ -113,7 +132,7 @@ def test_print_dataframe_charts(france, capsys):
 
 def test_untrained_tuned_lens_is_the_logit_lens(tiny, smol, france):
     a, b = logit_lens(tiny["gpt2"], tokens()), logit_lens(tiny["gpt2"], tokens(), lens=TunedLens(tiny["gpt2"]))
-    for k in STATS: assert torch.equal(getattr(a, k), getattr(b, k)), k
+    for k in STATS: assert torch.equal(getattr(a, k), getattr(b, k)), k   # exact: h + (h·0 + 0) is h
     b = TunedLens(smol).lens(smol, "The capital of France is")
     assert b.kind == "tuned" and france.kind == "logit"
     for k in STATS: assert torch.equal(getattr(france, k), getattr(b, k)), k

@@ -60,8 +60,9 @@ def test_batched_equals_loop(tiny, pair, family, site):
     assert res.dims == (("layer", "pos", "head") if heads else ("layer", "pos"))
     for (l, p, h), v in ref.items():
         got = res.values[(l, p, h) if h is not None else (l, p)].item()
-        # exact: every row of a stacked forward computes what its own forward computes (checked bit for bit)
-        assert got == v, (l, p, h, got, v)
+        # to rounding: a row of a stacked forward goes through matmuls of another shape than its own forward, and
+        # BLAS libraries may block those differently (MKL on Intel keeps them bit-identical; AMD CPUs differ by ~1e-7)
+        assert got == pytest.approx(v, rel=1e-5, abs=1e-5), (l, p, h, got, v)
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_batched_equals_loop_other_metrics(tiny, pair, family):
@@ -82,7 +83,7 @@ def test_batched_equals_loop_other_metrics(tiny, pair, family):
         site = "resid_mid" if family == "gpt2" else "resid_pre"
         ref = loop_reference(m, b, a, bound, site, range(P), [None])
         for (l, p, _), v in ref.items():
-            assert res.values[l, p].item() == v, (met, direction, l, p)
+            assert res.values[l, p].item() == pytest.approx(v, rel=1e-5, abs=1e-5), (met, direction, l, p)   # to rounding, as above
 
 def test_positions_all_and_heads_subset(tiny, pair):
     m = tiny["gpt2"]
