@@ -1,4 +1,10 @@
-"""SAETrainer: bit-exact resume after SIGKILL, torchrun DDP = single process, DataLoader resume, metrics, errors."""
+"""SAETrainer: bit-exact resume after SIGKILL, torchrun DDP = single process, DataLoader resume, metrics, errors.
+
+Float equality (`torch.equal`, `==`) appears only where both sides are the same computation by construction: a
+resumed run replays exactly the kernels, shapes and thread count (one, deterministic algorithms) of the
+uninterrupted run it is compared with, in the same process or a subprocess on the same machine, so its floats
+are bit-identical on any CPU; and a file round trip returns the bytes it was given. Different computations
+(sparse vs dense path, 2 ranks vs 1, trainer vs hand formula) are compared with a stated tolerance."""
 import hashlib, json, os, shutil, signal, subprocess, sys
 from pathlib import Path
 sys.path.insert(0, os.path.dirname(__file__))
@@ -66,7 +72,7 @@ def test_sigkill_mid_checkpoint_then_resume_is_bit_exact(store, reference, tmp_p
     tr.train()
     ref, got = _weights(ref_out), _weights(out)
     assert ref.keys() == got.keys()
-    for k in ref: assert torch.equal(ref[k], got[k]), k
+    for k in ref: assert torch.equal(ref[k], got[k]), k        # exact: the resumed steps replay the reference's
     # the optimizer moments and history match too
     a, b = latest_checkpoint(ref_out), latest_checkpoint(out)
     oa, ob = load_file(str(a / "optimizer.safetensors")), load_file(str(b / "optimizer.safetensors"))
@@ -106,7 +112,7 @@ def test_dataloader_mode_resume_is_bit_exact(tmp_path):
     run(tmp_path / "b", stop_at=14)                         # epoch 1, batch 4: a checkpoint step
     resumed = run(tmp_path / "b", resume=True)
     assert resumed.step == full.step == 30
-    for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()): assert torch.equal(p, q), n
+    for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()): assert torch.equal(p, q), n  # replayed
 
 def test_sparse_topk_path_trains_and_resumes_bit_exact(store, tmp_path):
     """TopK's sparse training path (hand-written sparse backward, AuxK on dead latents, sparse codes for the
@@ -128,13 +134,13 @@ def test_sparse_topk_path_trains_and_resumes_bit_exact(store, tmp_path):
     assert all(abs(r["l0"] - 4) < 1e-9 for r in full.history if "l0" in r)
     run(tmp_path / "b", stop_at=20)
     resumed = run(tmp_path / "b", resume=True)
-    for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()): assert torch.equal(p, q), n
+    for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()): assert torch.equal(p, q), n  # replayed
     assert resumed.history == full.history
     dense = run(tmp_path / "c", sparse=False)                           # same run on the dense path: same numbers
     for (n, p), q in zip(full.model.named_parameters(), dense.model.parameters()):
         torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-3, msg=n)
-    for a, b in zip(full.history, dense.history):
-        assert a.keys() == b.keys() and abs(a["fvu"] - b["fvu"]) < 1e-3 and a["dead_frac"] == b["dead_frac"]
+    for a, b in zip(full.history, dense.history):     # a near-tie in the top-k may flip one latent's last firing
+        assert a.keys() == b.keys() and abs(a["fvu"] - b["fvu"]) < 1e-3 and abs(a["dead_frac"] - b["dead_frac"]) <= 2 / 128
 
 @pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu"])
 def test_normalize_activations_trains_scaled_and_hands_back_a_raw_sae(store, tmp_path, arch):
@@ -171,8 +177,8 @@ def test_normalize_activations_trains_scaled_and_hands_back_a_raw_sae(store, tmp
     assert ev == {} or ev["eval_fvu"] > 0
     run(tmp_path / "b", stop_at=10)
     res = run(tmp_path / "b", resume=True)
-    assert res.act_scale == tr.act_scale
-    for (n, p), q in zip(tr.model.named_parameters(), res.model.parameters()): assert torch.equal(p, q), n
+    assert res.act_scale == tr.act_scale               # the same rows and reduction, then a JSON round trip (repr)
+    for (n, p), q in zip(tr.model.named_parameters(), res.model.parameters()): assert torch.equal(p, q), n  # replayed
     with pytest.raises(ValueError, match="normalize_activations"):
         SAETrainer(SparseAutoencoder(32, 128, k=4, activation="silu"), store=store.path, batch_size=64,
                    total_tokens=64, normalize_activations="expected_average")
@@ -261,7 +267,7 @@ def test_train_main_cli(store, tmp_path, capsys):
     assert (out / "best").is_dir() and latest_checkpoint(out).name == "step-00000020"
     w = _weights(out)
     assert train_main(args + ["--resume"]) == 0                   # already complete: resumes at the end, no change
-    for k, v in _weights(out).items(): assert torch.equal(v, w[k])
+    for k, v in _weights(out).items(): assert torch.equal(v, w[k])    # the checkpoint's bytes, saved again
 
 def test_deeplens_train_command_equals_train_main(store, tmp_path, capsys):
     "`deeplens train` (the CLI subcommand) trains the same SAE as `train_main` with the same arguments."
@@ -272,7 +278,7 @@ def test_deeplens_train_command_equals_train_main(store, tmp_path, capsys):
     main(["train", *args, "--out", str(tmp_path / "a")])
     assert train_main(args + ["--out", str(tmp_path / "b")]) == 0
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)   # one computation, run twice
     with pytest.raises(SystemExit) as e: main(["train", *args, "--hook", "blocks.9.hook_nope", "--out", str(tmp_path / "c")])
     assert e.value.code == 2 and "not in the store" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
