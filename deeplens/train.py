@@ -961,22 +961,34 @@ def _config_from_yaml(path) -> dict:
 SAETrainer.config_from_yaml = staticmethod(_config_from_yaml)
 
 # %% ../nbs/21_train.ipynb #d4c470c4
+def _opt(rng: str, integer: bool = False):
+    "An argparse `type`: a number (an integer if `integer`) in range `rng` (see `_num`); argparse names the option."
+    kind = "an integer" if integer else "a number"
+    def parse(s: str):
+        try: v = int(s) if integer else float(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"must be {kind}, got {s!r}") from None
+        phrase, ok = _RANGES[rng]
+        if not math.isfinite(v) or not ok(v): raise argparse.ArgumentTypeError(f"must be {kind} {phrase}, got {s}")
+        return v
+    return parse
+
 def configure_train(ap: argparse.ArgumentParser):
     "Arguments of `deeplens train --store DIR --hook H --arch topk --k 32 --expansion 8 --tokens N --out DIR [--resume]`."
+    pos, frac = _opt(">0", integer=True), _opt("[0,1)")
     ap.add_argument("--store", required=True, help="ActivationStore directory")
     ap.add_argument("--hook", help="hook to train on (default: the store's only hook)")
     ap.add_argument("--arch", default="topk", choices=ARCHITECTURES)
-    ap.add_argument("--k", type=int, default=32, help="latents kept per row (topk/batchtopk)")
-    ap.add_argument("--beta-l1", type=float, default=None, help="L1 coefficient (relu/gated)")
-    ap.add_argument("--expansion", type=int, default=8, help="d_sae = expansion * d_in")
-    ap.add_argument("--tokens", type=int, required=True, help="training tokens")
-    ap.add_argument("--batch-size", type=int, default=None, help="default: about 1000 steps, 256..4096 rows")
-    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--k", type=pos, default=32, help="latents kept per row (topk/batchtopk)")
+    ap.add_argument("--beta-l1", type=_opt(">=0"), default=None, help="L1 coefficient (relu/gated)")
+    ap.add_argument("--expansion", type=pos, default=8, help="d_sae = expansion * d_in")
+    ap.add_argument("--tokens", type=pos, required=True, help="training tokens")
+    ap.add_argument("--batch-size", type=pos, default=None, help="default: about 1000 steps, 256..4096 rows")
+    ap.add_argument("--lr", type=_opt(">0"), default=None)
     ap.add_argument("--lrs", default="cosine", choices=["none", "cosine", "linear", "plateau"])
-    ap.add_argument("--warmup-fraction", type=float, default=0.05)
-    ap.add_argument("--eval-fraction", type=float, default=0.0, help="hold out this last fraction of the store for evals")
-    ap.add_argument("--eval-steps", type=int, default=1000)
-    ap.add_argument("--checkpoint-steps", type=int, default=None)
+    ap.add_argument("--warmup-fraction", type=frac, default=0.05)
+    ap.add_argument("--eval-fraction", type=frac, default=0.0, help="hold out this last fraction of the store for evals")
+    ap.add_argument("--eval-steps", type=pos, default=1000)
+    ap.add_argument("--checkpoint-steps", type=pos, default=None)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--bf16", action="store_true")
@@ -984,7 +996,29 @@ def configure_train(ap: argparse.ArgumentParser):
                     help="scale rows to mean norm sqrt(d_in) while training (auto: for relu/gated/jumprelu)")
     ap.add_argument("--out", required=True, help="run directory (checkpoints/, final/, best/)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint (if any)")
+    ap.add_argument("--overwrite", action="store_true", help="delete the run already in --out and start over")
     ap.add_argument("--no-progress", action="store_true")
+
+_CLI_WORDS = {"resume_from=True": "--resume", "overwrite=True": "--overwrite", "out_dir": "--out",
+              "total_tokens": "--tokens", "batch_size": "--batch-size", "lr": "--lr", "random_seed": "--seed",
+              "eval_steps": "--eval-steps", "checkpoint_steps": "--checkpoint-steps", "lrs_type": "--lrs",
+              "warmup_fraction": "--warmup-fraction", "normalize_activations": "--normalize-activations", "hook=": "--hook"}
+_CLI_RE = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, sorted(_CLI_WORDS, key=len, reverse=True))) + r")(?!\w)")
+
+def _in_cli_words(e: BaseException) -> BaseException:
+    "Rewrite the message of the trainer's error `e` in the command's words (`--resume`, not `resume_from=True`)."
+    if e.args and isinstance(e.args[0], str):
+        e.args = (_CLI_RE.sub(lambda m: _CLI_WORDS[m.group(1)], e.args[0]), *e.args[1:])
+    return e
+
+def _split_rows(store, fraction: float) -> tuple:
+    "(training rows, held-out rows or None) for `--eval-fraction`; both sides must keep at least one row."
+    if fraction == 0: return store, None
+    train_rows, eval_rows = store.split(1 - fraction)
+    if not len(train_rows) or not len(eval_rows):
+        raise ValueError(f"--eval-fraction {fraction} leaves {len(train_rows)} training and {len(eval_rows)} held-out "
+                         f"rows of the store's {len(store)}: choose a fraction that keeps rows on both sides")
+    return train_rows, eval_rows
 
 def run_train(a) -> int:
     "Train the SAE `configure_train`'s arguments describe; print its final metrics."
@@ -993,18 +1027,25 @@ def run_train(a) -> int:
     hook = a.hook or (store.hooks[0] if len(store.hooks) == 1 else None)
     if hook is None: raise ValueError(f"the store holds several hooks {store.hooks}: choose one with --hook")
     if hook not in store.hooks: raise ValueError(f"--hook {hook!r} is not in the store; it holds {store.hooks}")
-    train_rows, eval_rows = (store.split(1 - a.eval_fraction) if a.eval_fraction > 0 else (store, None))
+    train_rows, eval_rows = _split_rows(store, a.eval_fraction)
     d = store.widths[hook]
+    if a.arch in ("topk", "batchtopk") and a.k > a.expansion * d:
+        raise ValueError(f"--k {a.k} is more than the SAE's {a.expansion * d} latents (--expansion {a.expansion} × "
+                         f"d_in {d}): lower --k or raise --expansion")
     kw = {"k": a.k} if a.arch in ("topk", "batchtopk") else ({"beta_l1": a.beta_l1} if a.beta_l1 is not None else {})
     torch.manual_seed(a.seed)
     sae = SparseAutoencoder(d, a.expansion * d, architecture=a.arch, hook_name=hook, model_name=store.meta.get("model"), **kw)
-    tr = SAETrainer(sae, model_name=Path(a.out).name, store=train_rows, hook=hook, total_tokens=a.tokens,
-                    batch_size=a.batch_size, eval_store=eval_rows, eval_steps=a.eval_steps, lr=a.lr,
-                    lrs_type=None if a.lrs == "none" else a.lrs, warmup_fraction=a.warmup_fraction, random_seed=a.seed,
-                    device=a.device, bf16=a.bf16, out_dir=a.out, checkpoint_steps=a.checkpoint_steps,
-                    resume_from=True if a.resume else None, progress=not a.no_progress,
-                    normalize_activations=None if a.normalize_activations == "none" else a.normalize_activations)
-    tr.train()
+    try:
+        tr = SAETrainer(sae, model_name=Path(a.out).name, store=train_rows, hook=hook, total_tokens=a.tokens,
+                        batch_size=a.batch_size, eval_store=eval_rows, eval_steps=a.eval_steps, lr=a.lr,
+                        lrs_type=None if a.lrs == "none" else a.lrs, warmup_fraction=a.warmup_fraction,
+                        random_seed=a.seed, device=a.device, bf16=a.bf16, out_dir=a.out,
+                        checkpoint_steps=a.checkpoint_steps, resume_from=True if a.resume else None,
+                        overwrite=a.overwrite, progress=not a.no_progress,
+                        normalize_activations=None if a.normalize_activations == "none" else a.normalize_activations)
+        tr.train()
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:
+        _in_cli_words(e); raise
     if tr.is_main:
         last = next((r for r in reversed(tr.history) if "fvu" in r), {})
         ev = next((r for r in reversed(tr.history) if "eval_fvu" in r), {})

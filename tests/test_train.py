@@ -478,3 +478,63 @@ def test_config_from_yaml_parses_numbers_and_booleans_strictly(tmp_path):
             SAETrainer.config_from_yaml(p)
     p.write_text("input_dims: [32\n")
     with pytest.raises(ValueError, match=r"config\.yaml is not a readable YAML file"): SAETrainer.config_from_yaml(p)
+
+# ---- the command line: options checked as parsed, errors in the command's words ----------------------------------
+
+def _cli_args(store, out, *extra):
+    return ["--store", str(store.path), "--k", "4", "--expansion", "2", "--tokens", "640", "--batch-size", "64",
+            "--no-progress", "--checkpoint-steps", "5", "--out", str(out), *extra]
+
+@pytest.mark.parametrize("flag,value,msg", [
+    ("--eval-fraction", "1.5", r"must be a number in \[0, 1\), got 1.5"),
+    ("--eval-fraction", "-0.1", r"must be a number in \[0, 1\), got -0.1"),
+    ("--expansion", "0", r"must be an integer > 0, got 0"),
+    ("--tokens", "0", r"must be an integer > 0, got 0"),
+    ("--tokens", "-5", r"must be an integer > 0, got -5"),
+    ("--tokens", "1.5", r"must be an integer, got '1.5'"),
+    ("--lr", "0", r"must be a number > 0, got 0"),
+    ("--beta-l1", "-1", r"must be a number >= 0, got -1"),
+    ("--k", "0", r"must be an integer > 0, got 0"),
+    ("--batch-size", "0", r"must be an integer > 0, got 0"),
+    ("--warmup-fraction", "1", r"must be a number in \[0, 1\), got 1"),
+    ("--checkpoint-steps", "0", r"must be an integer > 0, got 0"),
+])
+def test_cli_checks_each_option_as_it_is_parsed(store, tmp_path, capsys, flag, value, msg):
+    from deeplens.train import train_main
+    with pytest.raises(SystemExit) as e: train_main(_cli_args(store, tmp_path / "run", flag, value))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and re.search(rf"argument {flag}: {msg}", err), err
+    assert "n_features" not in err and "-0.5" not in err
+    assert not (tmp_path / "run").exists()
+
+def _cli_error(argv, capsys) -> str:
+    "Run `deeplens train ...` as the console script does; return its one-line error."
+    from deeplens.cli import main
+    with pytest.raises(SystemExit) as e: main(["train", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("deeplens: error: ") and err.count("\n") == 1, err
+    return err
+
+def test_cli_errors_speak_the_command_line(store, tmp_path, capsys):
+    from deeplens.cli import main
+    out, errs = tmp_path / "run", []
+    def error(*extra, where=out):
+        errs.append(_cli_error(_cli_args(store, where, *extra), capsys)); return errs[-1]
+    f = tmp_path / "file"; f.write_text("x")
+    assert f"--out {f} is a file: give a directory" in error(where=f)
+    assert "--eval-fraction 1e-05 leaves 6000 training and 0 held-out rows" in error("--eval-fraction", "0.00001")
+    assert "--k 100 is more than the SAE's 64 latents (--expansion 2 × d_in 32)" in error("--k", "100")
+    assert not out.exists()
+    main(["train", *_cli_args(store, out)])
+    w = _weights(out)
+    assert re.search(r"--out \S+run already holds a training run .* pass --resume to continue it, or --overwrite", error())
+    assert "give --resume (continue the run in --out) or --overwrite (delete it and start over), not both" in error(
+        "--resume", "--overwrite")
+    err = error("--resume", "--batch-size", "32")
+    assert "--batch-size: 64 in the checkpoint, 32 now" in err and "start a new run in another --out" in err
+    for ck in (out / "checkpoints").iterdir(): _flip(ck / "model.safetensors")
+    err = error("--resume")
+    assert "no intact checkpoint" in err and "start over with --overwrite" in err
+    for e in errs: assert not re.search(r"resume_from|overwrite=|out_dir|total_tokens", e), e
+    main(["train", *_cli_args(store, out, "--overwrite")])
+    for k, v in _weights(out).items(): assert torch.equal(v, w[k]), k     # the same run again, from scratch
