@@ -5,19 +5,21 @@ data-initialised `b_dec`, AuxK, L1 warm-up, dead-latent tracking, bit-exact resu
 
 # %% ../nbs/21_train.ipynb #39c05b77
 from __future__ import annotations
-import argparse, inspect, json, math, os, random, shutil, time
+import argparse, hashlib, inspect, json, math, os, random, re, shutil, time, warnings
 from pathlib import Path
 from typing import Callable, Iterable
 import numpy as np
 import torch
 from torch import nn
+from safetensors import SafetensorError
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
 from .sae import ARCHITECTURES, SparseAutoencoder, _atomic_write, _write_text
 
 # %% auto #0
-__all__ = ['StoreStream', 'geometric_median', 'LRSchedule', 'optimizer_to_flat', 'optimizer_from_flat', 'latest_checkpoint',
-           'SAETrainer', 'close', 'configure_train', 'run_train', 'train_main']
+__all__ = ['StoreStream', 'geometric_median', 'LRSchedule', 'optimizer_to_flat', 'optimizer_from_flat', 'CorruptCheckpointError',
+           'verify_checkpoint', 'latest_checkpoint', 'SAETrainer', 'close', 'configure_train', 'run_train',
+           'train_main']
 
 # %% ../nbs/21_train.ipynb #27d9bb4e
 def _epoch_perm(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -203,16 +205,69 @@ def _set_rng(t: dict, py_state):
 
 def _py_rng(): v, st, g = random.getstate(); return [v, list(st), g]
 
-def latest_checkpoint(path) -> Path | None:
-    "The newest complete checkpoint under `path` (a run directory or its `checkpoints/`), or `path` itself if it is one."
+# %% ../nbs/21_train.ipynb #da3cce46
+class CorruptCheckpointError(ValueError):
+    "A checkpoint file that does not read back as it was written (truncated, garbled, or altered bytes)."
+
+_CKPT_FILES = ("model.safetensors", "optimizer.safetensors", "trainer.safetensors", "trainer.json")
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""): h.update(block)
+    return h.hexdigest()
+
+def _fsync(path: Path):
+    "Flush a file, or (on POSIX) a directory's entries, to disk."
+    if path.is_dir() and os.name != "posix": return
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
+def _flush_dir(d: Path):
+    "fsync every file in directory `d`, then `d` itself: after this, a rename of `d` cannot expose missing bytes."
+    for p in d.iterdir():
+        if p.is_file(): _fsync(p)
+    _fsync(d)
+
+def _write_checksums(d: Path):
+    _write_json(d / "checksums.json", {"sha256": {n: _sha256(d / n) for n in _CKPT_FILES}})
+
+def verify_checkpoint(path) -> Path:
+    """Check checkpoint directory `path` against the checksums recorded when it was written; returns `path`.
+    Raises `CorruptCheckpointError` naming the first missing, truncated or altered file."""
+    ck = Path(path)
+    bad = lambda msg: CorruptCheckpointError(f"checkpoint {ck} is corrupt: {msg}")
+    f = ck / "checksums.json"
+    if not f.exists():          # written before checksums were recorded: its files are only parsed when read
+        missing = [n for n in _CKPT_FILES if not (ck / n).is_file()]
+        if missing: raise bad(f"{missing[0]} is missing")
+        return ck
+    try:
+        sums = json.loads(f.read_text())["sha256"]
+        if not (isinstance(sums, dict) and all(isinstance(sums.get(n), str) for n in _CKPT_FILES)): raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise bad("checksums.json is unreadable (garbled or truncated)") from None
+    for n in _CKPT_FILES:
+        if not (ck / n).is_file(): raise bad(f"{n} is missing")
+        if _sha256(ck / n) != sums[n]:
+            raise bad(f"{n} does not match the checksum recorded when it was written (truncated or altered bytes)")
+    return ck
+
+def _checkpoint_dirs(path) -> list[Path]:
+    "Checkpoint directories at `path` (a run directory, its `checkpoints/`, or one checkpoint), newest first."
     path = Path(path)
-    if (path / "trainer.json").exists(): return path
+    if (path / "trainer.json").exists() or (path / "checksums.json").exists(): return [path]
     for d in (path / "checkpoints", path):
         if d.is_dir():
-            steps = sorted(p for p in d.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
-                           and (p / "trainer.json").exists())
-            if steps: return steps[-1]
-    return None
+            steps = sorted((p for p in d.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")), reverse=True)
+            if steps: return steps
+    return []
+
+def latest_checkpoint(path) -> Path | None:
+    """The newest complete checkpoint under `path` (a run directory or its `checkpoints/`), or `path` itself if it
+    is one. (It is not verified: `verify_checkpoint` does that, and a resume does it before loading.)"""
+    return next((p for p in _checkpoint_dirs(path) if (p / "trainer.json").exists()), None)
 
 # %% ../nbs/21_train.ipynb #00688dd0
 def _adam(params, lr: float) -> torch.optim.Optimizer:
@@ -227,12 +282,51 @@ def _auto_batch(total_tokens: int, world: int = 1) -> int:
     b = min(4096, max(256, b))
     return -(-b // world) * world
 
+_RANGES = {">0": ("> 0", lambda v: v > 0), ">=0": (">= 0", lambda v: v >= 0),
+           "[0,1)": ("in [0, 1)", lambda v: 0 <= v < 1), "[0,1]": ("in [0, 1]", lambda v: 0 <= v <= 1),
+           "(0,1]": ("in (0, 1]", lambda v: 0 < v <= 1)}
+
+def _num(name: str, v, rng: str, *, integer: bool = False, none: bool = False, hint: str = ""):
+    """Argument `name` checked to be a finite number (an integer, or an integral float, if `integer`) in range `rng`
+    (a key of `_RANGES`) — or None if `none`; returned as given (as an int if `integer`). Else a TypeError /
+    ValueError naming the argument, the value, and (`hint`) what to pass instead."""
+    if v is None and none: return None
+    kind = "an integer" if integer else "a number"
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        quoted = ""
+        if isinstance(v, str):
+            try: float(v); quoted = f" (write {v} without quotes)"
+            except ValueError: pass
+        raise TypeError(f"{name} must be {kind}, got {type(v).__name__} {v!r}{quoted}{hint}")
+    phrase, ok = _RANGES[rng]
+    if not math.isfinite(v) or (integer and v != int(v)) or not ok(v):
+        raise ValueError(f"{name} must be {kind} {phrase}, got {v!r}{hint}")
+    return int(v) if integer else v
+
 def _resolve_device(device) -> torch.device:
     if device in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
     return torch.device(device)
+
+def _check_out_dir(d: Path):
+    "Refuse, before any training, an `out_dir` that cannot become a directory because it (or a parent) is a file."
+    for p in (d, *d.parents):
+        if p.exists():
+            if p.is_dir(): return
+            where = "is a file" if p == d else f"is inside {p}, which is a file"
+            raise ValueError(f"out_dir {d} {where}: give a directory for the run's checkpoints/, best/ and final/ "
+                             "(it is created if missing)")
+
+_RUN_DIRS = ("checkpoints", "best", "final", "eval-step-*")
+
+def _previous_run(d: Path) -> list[str]:
+    "What an earlier run left in run directory `d` (checkpoints and saved SAEs), described; empty if nothing."
+    steps = sorted(p.name for p in (d / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    evals = [p for p in d.glob("eval-step-*") if p.is_dir()]
+    return ([f"checkpoints up to {steps[-1]}"] if steps else []) + [f"{n}/" for n in ("best", "final") if (d / n).is_dir()] \
+        + ([f"{len(evals)} eval-step-*/"] if evals else [])
 
 def _first_tensor(batch):
     if isinstance(batch, torch.Tensor): return batch
@@ -267,6 +361,7 @@ class SAETrainer:
                  log_to_wandb: bool = False, *, store=None, hook: str | None = None, total_tokens: int | None = None,
                  batch_size: int | None = None, eval_store=None, eval_tokens: int | None = None, lr: float | None = None,
                  out_dir=None, checkpoint_steps: int | None = None, keep_checkpoints: int = 2, resume_from=None,
+                 overwrite: bool = False,
                  b_dec_init: str | None = "geometric_median", auxk: bool = True,
                  dead_tokens: int = 10_000_000, dense_threshold: float = 0.1, l1_warmup_fraction: float = 0.05,
                  log_steps: int = 50, log_to_tensorboard: bool = False, wandb_project: str = "deeplens",
@@ -279,13 +374,28 @@ class SAETrainer:
         if lrs_type not in _LRS: raise ValueError(f"lrs_type must be one of {_LRS}, got {lrs_type!r}")
         if b_dec_init not in (None, "geometric_median", "mean"):
             raise ValueError(f"b_dec_init must be 'geometric_median', 'mean' or None, got {b_dec_init!r}")
+        lr = _num("lr", lr, ">0", none=True, hint="; None picks 1e-3·sqrt(16384/d_sae)")
+        total_tokens = _num("total_tokens", total_tokens, ">0", integer=True, none=True,
+                            hint="; None trains `epochs` passes over the data")
+        epochs, eval_steps, log_steps = (_num(n, v, ">0", integer=True) for n, v in
+                                         (("epochs", epochs), ("eval_steps", eval_steps), ("log_steps", log_steps)))
+        batch_size, eval_tokens, checkpoint_steps = (_num(n, v, ">0", integer=True, none=True) for n, v in
+            (("batch_size", batch_size), ("eval_tokens", eval_tokens), ("checkpoint_steps", checkpoint_steps)))
+        dead_tokens = _num("dead_tokens", dead_tokens, ">0", integer=True)
+        keep_checkpoints = _num("keep_checkpoints", keep_checkpoints, ">=0", integer=True, hint="; 0 keeps them all")
+        grad_clip_norm = _num("grad_clip_norm", grad_clip_norm, ">0", none=True, hint="; None turns clipping off")
+        _num("warmup_fraction", warmup_fraction, "[0,1)"); _num("l1_warmup_fraction", l1_warmup_fraction, "[0,1]")
+        _num("dense_threshold", dense_threshold, "(0,1]")
+        _num("beta_l1 (the SAE's L1 coefficient)", getattr(model, "beta_l1", None), ">=0", none=True,
+             hint="; build the SparseAutoencoder with beta_l1= a number >= 0, e.g. 1e-3")
+        if not isinstance(overwrite, bool): raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
         self.model, self.model_name = model, model_name
         self.train_dataloader, self.eval_dataloader = train_dataloader, eval_dataloader
         self.epochs, self.bf16, self.random_seed = epochs, bf16, random_seed
         self.save_checkpoints, self.grad_clip_norm, self.lrs_type = save_checkpoints, grad_clip_norm, lrs_type
         self.eval_steps, self.warmup_fraction, self.save_best_only = eval_steps, warmup_fraction, save_best_only
         self.log_to_wandb, self.log_to_tensorboard, self.wandb_project = log_to_wandb, log_to_tensorboard, wandb_project
-        self.b_dec_init, self.dead_tokens = b_dec_init, int(dead_tokens)
+        self.b_dec_init, self.dead_tokens = b_dec_init, dead_tokens
         na = normalize_activations
         if not (na in (None, "auto", "expected_average") or (isinstance(na, (int, float)) and not isinstance(na, bool) and na > 0)):
             raise ValueError(f"normalize_activations must be 'auto', 'expected_average', None or a positive factor, got {na!r}")
@@ -302,6 +412,8 @@ class SAETrainer:
         self.dense_threshold, self.l1_warmup_fraction, self.log_steps = dense_threshold, l1_warmup_fraction, log_steps
         self.keep_checkpoints, self.progress, self.callbacks = keep_checkpoints, progress, list(callbacks)
         self.out_dir = Path(out_dir) if out_dir is not None else Path("runs") / model_name
+        if save_checkpoints or log_to_tensorboard: _check_out_dir(self.out_dir)
+        self.overwrite = overwrite
         self.history: list[dict] = []
         self.step, self.best_eval = 0, math.inf
         self.device = _resolve_device(device)
@@ -333,11 +445,10 @@ class SAETrainer:
             if self.d_in is not None and width != self.d_in:
                 raise ValueError(f"d_in mismatch: the store's {hook} rows have width {width} but the SAE expects "
                                  f"d_in={self.d_in}; build the SAE with input_dims={width} or pick the matching hook")
-            if batch_size is None: batch_size = _auto_batch(int(total_tokens) if total_tokens else epochs * len(self.store), self.world)
-            if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            if batch_size is None: batch_size = _auto_batch(total_tokens or epochs * len(self.store), self.world)
             if batch_size % self.world: raise ValueError(f"batch_size {batch_size} must be divisible by the world size {self.world}")
             self.batch_size = batch_size
-            self.total_tokens = int(total_tokens) if total_tokens else epochs * len(self.store)
+            self.total_tokens = total_tokens if total_tokens is not None else epochs * len(self.store)
             self.total_steps = max(1, -(-self.total_tokens // batch_size))
             self.stream = StoreStream(len(self.store), batch_size, random_seed)
             self.eval_store = eval_store if eval_store is None or isinstance(eval_store, ActivationStore) else ActivationStore(eval_store)
@@ -347,7 +458,7 @@ class SAETrainer:
             n = len(train_dataloader)
             self.batch_size = getattr(train_dataloader, "batch_size", None) or batch_size or 4096
             self.total_tokens = total_tokens
-            self.total_steps = max(1, -(-int(total_tokens) // self.batch_size)) if total_tokens else epochs * n
+            self.total_steps = max(1, -(-total_tokens // self.batch_size)) if total_tokens is not None else epochs * n
             self._it, self._it_epoch = None, -1
             self._epoch_rng: dict = {}
 
@@ -588,8 +699,9 @@ def _save_checkpoint(self: SAETrainer) -> Path | None:
             "act_scale": self.act_scale,
             "history": self.history, "data_epoch": next(iter(self._epoch_rng)) if self.store is None and self._epoch_rng else None,
             "time": time.time()})
+        _write_checksums(tmp); _flush_dir(tmp)       # on disk before it is listed: a power cut cannot leave it short
         if path.exists(): shutil.rmtree(path)
-        os.replace(tmp, path)
+        os.replace(tmp, path); _fsync(root)
         done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
         for old in done[:-self.keep_checkpoints] if self.keep_checkpoints > 0 else []: shutil.rmtree(old, ignore_errors=True)
     if self.world > 1: self._dist.barrier()
@@ -604,21 +716,49 @@ def _config_diff(old, new, prefix="") -> list[str]:
         return [f"{prefix.rstrip('.')}: {old!r} in the checkpoint, {new!r} now"]
     return []
 
+_META_KEYS = ("step", "config", "optimizer", "schedule", "python_rng", "best_eval", "history")
+
+def _read_checkpoint(ck: Path, device) -> tuple[dict, dict, dict, dict]:
+    """(trainer.json, model, optimizer and trainer tensors) of checkpoint `ck`, verified against its checksums;
+    `CorruptCheckpointError` naming the file if any of it does not read back."""
+    verify_checkpoint(ck)
+    def read(name, load):
+        try: return load(ck / name)
+        except (OSError, ValueError, SafetensorError) as e:      # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise CorruptCheckpointError(f"checkpoint {ck} is corrupt: {name} does not read back "
+                                         f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    meta = read("trainer.json", lambda p: json.loads(p.read_text()))
+    if not isinstance(meta, dict) or any(k not in meta for k in _META_KEYS):
+        raise CorruptCheckpointError(f"checkpoint {ck} is corrupt: trainer.json lacks the trainer's state "
+                                     f"(expected the keys {list(_META_KEYS)})")
+    tensors = lambda name, dev="cpu": read(name, lambda p: load_file(str(p), device=dev))
+    return meta, tensors("model.safetensors", str(device)), tensors("optimizer.safetensors"), tensors("trainer.safetensors")
+
 def _load_checkpoint(self: SAETrainer, path):
-    "Restore everything `save_checkpoint` wrote; refuses (ValueError, files untouched) a checkpoint of another config."
-    ck = latest_checkpoint(path)
-    if ck is None: raise FileNotFoundError(f"no complete checkpoint under {path}")
-    meta = json.loads((ck / "trainer.json").read_text())
+    """Restore everything `save_checkpoint` wrote, from the newest intact checkpoint at `path` (a run directory
+    or one checkpoint): a corrupt one is skipped with a warning naming it. Refuses (ValueError, files untouched) a
+    checkpoint of another config, and raises `CorruptCheckpointError` listing each one if none is intact."""
+    cands = _checkpoint_dirs(path)
+    if not cands: raise FileNotFoundError(f"no complete checkpoint under {path}")
+    skipped = []
+    for ck in cands:
+        try: meta, sd, opt, tt = _read_checkpoint(ck, self.device)
+        except CorruptCheckpointError as e: skipped.append(str(e)); continue
+        if skipped:
+            warnings.warn(f"{skipped[-1] if len(skipped) == 1 else '; '.join(skipped)} — skipped; resuming from "
+                          f"{ck} (step {meta['step']}) instead", stacklevel=2)
+        break
+    else:
+        raise CorruptCheckpointError(f"no intact checkpoint to resume from under {path}:\n  " + "\n  ".join(skipped)
+                                     + "\nRestore the files from a copy, or start over with overwrite=True.")
     now = json.loads(json.dumps(self.config(), default=_json_default))
     diff = [d for d in _config_diff(meta["config"], now) if not d.startswith("data.path")]
     if diff:
         raise ValueError(f"cannot resume from {ck}: it was written with a different configuration:\n  " + "\n  ".join(diff)
                          + "\nResume with the same settings, or start a new run in another out_dir. The checkpoint is unchanged.")
-    sd = load_file(str(ck / "model.safetensors"), device=str(self.device))
     self.model.load_state_dict(sd)
-    optimizer_from_flat(self.optim, load_file(str(ck / "optimizer.safetensors")), meta["optimizer"])
+    optimizer_from_flat(self.optim, opt, meta["optimizer"])
     self.schedule.load_state_dict(meta["schedule"])
-    tt = load_file(str(ck / "trainer.safetensors"))
     _set_rng(tt, meta["python_rng"])
     self.tokens_since, self._fires = tt["tokens_since"], tt["fires"]
     if self.store is None and meta.get("data_epoch") is not None:
@@ -660,8 +800,9 @@ def _save_sae(self: SAETrainer, name: str) -> Path:
     else: _save_tensors(tmp / "model.safetensors", m.state_dict())
     _write_json(tmp / "training.json", {"step": self.step, "tokens": self.step * self.batch_size, "config": self.config(),
                                         "best_eval": self.best_eval, "last": self.history[-1] if self.history else None})
+    _flush_dir(tmp)
     if d.exists(): shutil.rmtree(d)
-    os.replace(tmp, d)
+    os.replace(tmp, d); _fsync(self.out_dir)
     return d
 
 SAETrainer.save_checkpoint, SAETrainer.load_checkpoint, SAETrainer._save_sae = _save_checkpoint, _load_checkpoint, _save_sae
@@ -676,17 +817,21 @@ def _grad_hook(sae: nn.Module):
 
 def _train(self: SAETrainer, resume_from=None):
     "Run (or continue) training to `total_steps`; returns `self.history`."
-    if self.progress and self.is_main:                  # in a Jupyter kernel: live curves (a TrainingMonitor)
-        from deeplens.display import live
-        live(self)
     resume_from = resume_from if resume_from is not None else self.resume_from
+    if resume_from and self.overwrite:
+        raise ValueError("give resume_from=True (continue the run in out_dir) or overwrite=True (delete it and start "
+                         "over), not both")
     if self._scaled_state is not None:                  # continuing after train() folded the scale: unfold exactly
         self.model.load_state_dict(self._scaled_state); self._scaled_state = None
     if resume_from and self.step == 0:
-        if latest_checkpoint(self.out_dir if resume_from is True else resume_from) is not None:
-            self.load_checkpoint(self.out_dir if resume_from is True else resume_from)
+        where = self.out_dir if resume_from is True else resume_from
+        if _checkpoint_dirs(where): self.load_checkpoint(where)
         elif resume_from is not True:      # an explicit path must hold a checkpoint; True means "if there is one"
             raise FileNotFoundError(f"resume_from={str(resume_from)!r}: no complete checkpoint there")
+    if not self._initialised: self._claim_out_dir(bool(resume_from))
+    if self.progress and self.is_main:                  # in a Jupyter kernel: live curves (a TrainingMonitor)
+        from deeplens.display import live
+        live(self)
     if not self._initialised:
         torch.manual_seed(self.random_seed); np.random.seed(self.random_seed % 2 ** 32); random.seed(self.random_seed)
         self._init_b_dec()
@@ -766,37 +911,84 @@ def _train(self: SAETrainer, resume_from=None):
     if self._writer is not None: self._writer.flush()
     return self.history
 
-SAETrainer.train = _train
+def _claim_out_dir(self: SAETrainer, resuming: bool = False):
+    """Before a run starts at step 0: refuse to write over what an earlier run left in `out_dir`, or, with
+    `overwrite=True`, delete it first (only the trainer's own checkpoints/, best/, final/ and eval-step-*/)."""
+    if not self.save_checkpoints: return
+    prev = _previous_run(self.out_dir)
+    if not prev: return
+    if not self.overwrite:
+        what = f"out_dir {self.out_dir} already holds a training run ({', '.join(prev)})"
+        if resuming: raise ValueError(f"{what} but no checkpoint to resume from: pass overwrite=True to start over")
+        raise ValueError(f"{what} that this run, starting at step 0, would overwrite: pass resume_from=True to "
+                         "continue it, or overwrite=True to delete it and start over")
+    if self.is_main:
+        for g in _RUN_DIRS:
+            for p in self.out_dir.glob(g):
+                if p.is_dir(): shutil.rmtree(p)
+    if self.world > 1: self._dist.barrier()
+
+SAETrainer.train, SAETrainer._claim_out_dir = _train, _claim_out_dir
 
 # %% ../nbs/21_train.ipynb #95c5de03
+_SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")      # 1e-3: a float that YAML 1.1 (PyYAML) reads as a string
+
+def _bool_args() -> set[str]:
+    "The `SparseAutoencoder` arguments annotated as booleans."
+    return {n for n, p in inspect.signature(SparseAutoencoder).parameters.items() if "bool" in str(p.annotation)}
+
+def _yaml_value(path: Path, key: str, v, bools: set[str]):
+    if isinstance(v, str) and _SCI.fullmatch(v.strip()): return float(v)
+    if isinstance(v, str) and v.strip() in ("None", "none", "null", "~"): return None   # `k: None` as older files wrote it
+    if key in bools and not isinstance(v, bool):
+        raise ValueError(f"{path}: {key} must be a boolean, got {type(v).__name__} {v!r}; write {key}: true or "
+                         f"{key}: false, without quotes")
+    return v
+
 def _config_from_yaml(path) -> dict:
-    "The mapping in a YAML config file (SparseAutoencoder keyword arguments in the original DeepLens layout)."
+    """The mapping in a YAML config file (SparseAutoencoder keyword arguments in the original DeepLens layout), with
+    `1e-3` read as a number and booleans parsed strictly (`tie_weights: 'no'` is an error, not a true string)."""
     import yaml
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"no such config file: {path}")
-    cfg = yaml.safe_load(path.read_text())
+    try: cfg = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a readable YAML file: {' '.join(str(e).split())}") from None
     if not isinstance(cfg, dict): raise ValueError(f"{path} must hold a YAML mapping of settings, got {type(cfg).__name__}")
-    return cfg
+    bools = _bool_args()
+    return {k: _yaml_value(path, k, v, bools) for k, v in cfg.items()}
 
 SAETrainer.config_from_yaml = staticmethod(_config_from_yaml)
 
 # %% ../nbs/21_train.ipynb #d4c470c4
+def _opt(rng: str, integer: bool = False):
+    "An argparse `type`: a number (an integer if `integer`) in range `rng` (see `_num`); argparse names the option."
+    kind = "an integer" if integer else "a number"
+    def parse(s: str):
+        try: v = int(s) if integer else float(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"must be {kind}, got {s!r}") from None
+        phrase, ok = _RANGES[rng]
+        if not math.isfinite(v) or not ok(v): raise argparse.ArgumentTypeError(f"must be {kind} {phrase}, got {s}")
+        return v
+    return parse
+
 def configure_train(ap: argparse.ArgumentParser):
     "Arguments of `deeplens train --store DIR --hook H --arch topk --k 32 --expansion 8 --tokens N --out DIR [--resume]`."
+    pos, frac = _opt(">0", integer=True), _opt("[0,1)")
     ap.add_argument("--store", required=True, help="ActivationStore directory")
     ap.add_argument("--hook", help="hook to train on (default: the store's only hook)")
     ap.add_argument("--arch", default="topk", choices=ARCHITECTURES)
-    ap.add_argument("--k", type=int, default=32, help="latents kept per row (topk/batchtopk)")
-    ap.add_argument("--beta-l1", type=float, default=None, help="L1 coefficient (relu/gated)")
-    ap.add_argument("--expansion", type=int, default=8, help="d_sae = expansion * d_in")
-    ap.add_argument("--tokens", type=int, required=True, help="training tokens")
-    ap.add_argument("--batch-size", type=int, default=None, help="default: about 1000 steps, 256..4096 rows")
-    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--k", type=pos, default=32, help="latents kept per row (topk/batchtopk)")
+    ap.add_argument("--beta-l1", type=_opt(">=0"), default=None, help="L1 coefficient (relu/gated)")
+    ap.add_argument("--expansion", type=pos, default=8, help="d_sae = expansion * d_in")
+    ap.add_argument("--tokens", type=pos, required=True, help="training tokens")
+    ap.add_argument("--batch-size", type=pos, default=None, help="default: about 1000 steps, 256..4096 rows")
+    ap.add_argument("--lr", type=_opt(">0"), default=None)
     ap.add_argument("--lrs", default="cosine", choices=["none", "cosine", "linear", "plateau"])
-    ap.add_argument("--warmup-fraction", type=float, default=0.05)
-    ap.add_argument("--eval-fraction", type=float, default=0.0, help="hold out this last fraction of the store for evals")
-    ap.add_argument("--eval-steps", type=int, default=1000)
-    ap.add_argument("--checkpoint-steps", type=int, default=None)
+    ap.add_argument("--warmup-fraction", type=frac, default=0.05)
+    ap.add_argument("--eval-fraction", type=frac, default=0.0, help="hold out this last fraction of the store for evals")
+    ap.add_argument("--eval-steps", type=pos, default=1000)
+    ap.add_argument("--checkpoint-steps", type=pos, default=None)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--bf16", action="store_true")
@@ -804,7 +996,29 @@ def configure_train(ap: argparse.ArgumentParser):
                     help="scale rows to mean norm sqrt(d_in) while training (auto: for relu/gated/jumprelu)")
     ap.add_argument("--out", required=True, help="run directory (checkpoints/, final/, best/)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint (if any)")
+    ap.add_argument("--overwrite", action="store_true", help="delete the run already in --out and start over")
     ap.add_argument("--no-progress", action="store_true")
+
+_CLI_WORDS = {"resume_from=True": "--resume", "overwrite=True": "--overwrite", "out_dir": "--out",
+              "total_tokens": "--tokens", "batch_size": "--batch-size", "lr": "--lr", "random_seed": "--seed",
+              "eval_steps": "--eval-steps", "checkpoint_steps": "--checkpoint-steps", "lrs_type": "--lrs",
+              "warmup_fraction": "--warmup-fraction", "normalize_activations": "--normalize-activations", "hook=": "--hook"}
+_CLI_RE = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, sorted(_CLI_WORDS, key=len, reverse=True))) + r")(?!\w)")
+
+def _in_cli_words(e: BaseException) -> BaseException:
+    "Rewrite the message of the trainer's error `e` in the command's words (`--resume`, not `resume_from=True`)."
+    if e.args and isinstance(e.args[0], str):
+        e.args = (_CLI_RE.sub(lambda m: _CLI_WORDS[m.group(1)], e.args[0]), *e.args[1:])
+    return e
+
+def _split_rows(store, fraction: float) -> tuple:
+    "(training rows, held-out rows or None) for `--eval-fraction`; both sides must keep at least one row."
+    if fraction == 0: return store, None
+    train_rows, eval_rows = store.split(1 - fraction)
+    if not len(train_rows) or not len(eval_rows):
+        raise ValueError(f"--eval-fraction {fraction} leaves {len(train_rows)} training and {len(eval_rows)} held-out "
+                         f"rows of the store's {len(store)}: choose a fraction that keeps rows on both sides")
+    return train_rows, eval_rows
 
 def run_train(a) -> int:
     "Train the SAE `configure_train`'s arguments describe; print its final metrics."
@@ -813,18 +1027,25 @@ def run_train(a) -> int:
     hook = a.hook or (store.hooks[0] if len(store.hooks) == 1 else None)
     if hook is None: raise ValueError(f"the store holds several hooks {store.hooks}: choose one with --hook")
     if hook not in store.hooks: raise ValueError(f"--hook {hook!r} is not in the store; it holds {store.hooks}")
-    train_rows, eval_rows = (store.split(1 - a.eval_fraction) if a.eval_fraction > 0 else (store, None))
+    train_rows, eval_rows = _split_rows(store, a.eval_fraction)
     d = store.widths[hook]
+    if a.arch in ("topk", "batchtopk") and a.k > a.expansion * d:
+        raise ValueError(f"--k {a.k} is more than the SAE's {a.expansion * d} latents (--expansion {a.expansion} × "
+                         f"d_in {d}): lower --k or raise --expansion")
     kw = {"k": a.k} if a.arch in ("topk", "batchtopk") else ({"beta_l1": a.beta_l1} if a.beta_l1 is not None else {})
     torch.manual_seed(a.seed)
     sae = SparseAutoencoder(d, a.expansion * d, architecture=a.arch, hook_name=hook, model_name=store.meta.get("model"), **kw)
-    tr = SAETrainer(sae, model_name=Path(a.out).name, store=train_rows, hook=hook, total_tokens=a.tokens,
-                    batch_size=a.batch_size, eval_store=eval_rows, eval_steps=a.eval_steps, lr=a.lr,
-                    lrs_type=None if a.lrs == "none" else a.lrs, warmup_fraction=a.warmup_fraction, random_seed=a.seed,
-                    device=a.device, bf16=a.bf16, out_dir=a.out, checkpoint_steps=a.checkpoint_steps,
-                    resume_from=True if a.resume else None, progress=not a.no_progress,
-                    normalize_activations=None if a.normalize_activations == "none" else a.normalize_activations)
-    tr.train()
+    try:
+        tr = SAETrainer(sae, model_name=Path(a.out).name, store=train_rows, hook=hook, total_tokens=a.tokens,
+                        batch_size=a.batch_size, eval_store=eval_rows, eval_steps=a.eval_steps, lr=a.lr,
+                        lrs_type=None if a.lrs == "none" else a.lrs, warmup_fraction=a.warmup_fraction,
+                        random_seed=a.seed, device=a.device, bf16=a.bf16, out_dir=a.out,
+                        checkpoint_steps=a.checkpoint_steps, resume_from=True if a.resume else None,
+                        overwrite=a.overwrite, progress=not a.no_progress,
+                        normalize_activations=None if a.normalize_activations == "none" else a.normalize_activations)
+        tr.train()
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:
+        _in_cli_words(e); raise
     if tr.is_main:
         last = next((r for r in reversed(tr.history) if "fvu" in r), {})
         ev = next((r for r in reversed(tr.history) if "eval_fvu" in r), {})
