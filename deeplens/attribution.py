@@ -146,7 +146,8 @@ class IGResult:
 
     def chart(self):
         import altair as alt
-        df = self.to_dataframe(); df["label"] = [f"{p}:{t}" for p, t in zip(df["pos"], df["token"])]
+        from deeplens.display import visible_whitespace          # tokens drawn as every view draws them: ' ' is ␣
+        df = self.to_dataframe(); df["label"] = [f"{p}:{visible_whitespace(t)}" for p, t in zip(df["pos"], df["token"])]
         return alt.Chart(df).mark_bar().encode(x=alt.X("label:N", sort=None, title="token"), y="score:Q",
                                                tooltip=["pos", "token", "score"]).properties(title=f"integrated gradients ({self.output})")
 

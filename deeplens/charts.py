@@ -16,6 +16,7 @@ from .heads import CHGResult
 from .store import ActivationStore
 from .dataset import ActivationsDatasetBuilder
 from . import display as _display
+from .display import visible_whitespace
 
 # %% auto #0
 __all__ = ['to_svg', 'mimebundle', 'Chart', 'show', 'enable_offline', 'save_chart', 'feature_histogram', 'density_histogram',
@@ -285,7 +286,7 @@ def topk_bars(source, k: int = 10, tokenizer=None, position: int = -1, value: st
     if isinstance(k, bool) or not isinstance(k, int) or k < 1: raise ValueError(f"k must be a positive int, got {k!r}")
     pairs, col = _topk_pairs(source, k, tokenizer, position, value)
     if not pairs: raise ValueError("no tokens to show")
-    rows = [dict(rank=r, token=str(t), label=f"{r}: {str(t)!r}", value=_num(v)) for r, (t, v) in enumerate(pairs)]
+    rows = [dict(rank=r, token=str(t), label=f"{r}: {visible_whitespace(str(t))}", value=_num(v)) for r, (t, v) in enumerate(pairs)]
     c = alt.Chart(alt.Data(values=rows)).mark_bar().encode(
         x=alt.X("value:Q", title=col), y=alt.Y("label:N", sort=[r["label"] for r in rows], title=None),
         tooltip=["rank:Q", "token:N", alt.Tooltip("value:Q", format=".4g")],
@@ -330,7 +331,7 @@ def _patching_records(r: PatchingResult) -> list[dict]:
         if "pos" in row:
             tok = r.tokens[row["pos"]] if r.tokens else None
             row["token"] = tok
-            row["x"] = f"{row['pos']}: {tok!r}" if tok is not None else str(row["pos"])
+            row["x"] = f"{row['pos']}: {visible_whitespace(tok)}" if tok is not None else str(row["pos"])
         elif "head" in row: row["x"] = f"H{row['head']}"
         else: row["x"] = "all positions"
         row["y"] = f"L{row['layer']}" + (f"H{row['head']}" if "head" in row and "pos" in row else "")
@@ -366,7 +367,7 @@ def patching_heatmap(result, width: int | None = None, height: int | None = None
 _LENS_VALUES = ("top1_prob", "kl", "entropy", "final_prob", "final_rank")
 
 def lens_records(result: LensResult, batch: int = 0, value: str = "top1_prob") -> list[dict]:
-    "One record per (layer, real position) of input `batch`: top-1 token, its probability and `value`."
+    "One record per (layer, real position) of input `batch`: top-1 token (raw, and as drawn: `label`), its probability and `value`."
     if value not in _LENS_VALUES: raise ValueError(f"value must be one of {_LENS_VALUES}, got {value!r}")
     b = result._bi(batch)
     src = result.top_probs[..., 0] if value == "top1_prob" else getattr(result, value)
@@ -374,8 +375,9 @@ def lens_records(result: LensResult, batch: int = 0, value: str = "top1_prob") -
     for li, l in enumerate(result.layers):
         for pi, p in enumerate(result.positions):
             if not result.mask[b, p]: continue
-            rows.append(dict(layer=l, position=p, input=result.str_tokens[b][p], x=f"{p}: {result.str_tokens[b][p]!r}",
-                             top1=result._decode(int(result.top_ids[li, b, pi, 0])), top1_prob=_num(result.top_probs[li, b, pi, 0]),
+            top1 = result._decode(int(result.top_ids[li, b, pi, 0]))
+            rows.append(dict(layer=l, position=p, input=result.str_tokens[b][p], x=f"{p}: {visible_whitespace(result.str_tokens[b][p])}",
+                             top1=top1, label=visible_whitespace(top1), top1_prob=_num(result.top_probs[li, b, pi, 0]),
                              value=_num(src[li, b, pi])))
     return rows
 
@@ -393,7 +395,7 @@ def lens_heatmap(result: LensResult, batch: int = 0, value: str = "top1_prob", t
                                    tooltip=["layer:O", "position:O", "input:N", "top1:N",
                                             alt.Tooltip("top1_prob:Q", format=".3f"), alt.Tooltip("value:Q", title=value, format=".4g")])
     layers = [rect]
-    if text: layers.append(base.mark_text(fontSize=9, limit=60).encode(text="top1:N"))
+    if text: layers.append(base.mark_text(fontSize=9, limit=60).encode(text="label:N"))
     name = {"logit": "logit lens", "tuned": "tuned lens"}.get(result.kind, result.kind)
     c = alt.layer(*layers).properties(title=f"{name}: top-1 prediction per layer", width=width or max(160, 56 * len(xs)),
                                       height=height or max(120, 16 * len(result.layers)))

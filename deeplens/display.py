@@ -4,7 +4,7 @@
 
 # %% ../nbs/52_display.ipynb #b2f623b2
 from __future__ import annotations
-import html, importlib, sys, warnings
+import html, importlib, sys, unicodedata, warnings
 from dataclasses import dataclass
 from typing import Callable
 import torch
@@ -24,10 +24,28 @@ from .steering import SteeringEvaluation
 from .features import FeatureStats, FeatureSummary
 
 # %% auto #0
-__all__ = ['WIDGET_VIEW', 'Display', 'register', 'chart_builder', 'registered', 'in_kernel', 'widgets_enabled', 'use_widgets',
-           'widget', 'mimebundle', 'install', 'kv_table', 'heatmap_html', 'cache_html', 'Extraction', 'extract',
-           'extraction_html', 'extraction_widget', 'store_html', 'dataset_html', 'sae_html', 'explore',
-           'intervene_html', 'panel', 'monitor', 'trainer_widget', 'live', 'lens_widget', 'own_chart']
+__all__ = ['WIDGET_VIEW', 'visible_whitespace', 'Display', 'register', 'chart_builder', 'registered', 'in_kernel',
+           'widgets_enabled', 'use_widgets', 'widget', 'mimebundle', 'install', 'kv_table', 'heatmap_html',
+           'cache_html', 'Extraction', 'extract', 'extraction_html', 'extraction_widget', 'store_html', 'dataset_html',
+           'sae_html', 'explore', 'intervene_html', 'panel', 'monitor', 'trainer_widget', 'live', 'lens_widget',
+           'own_chart']
+
+# %% ../nbs/52_display.ipynb #209e6dc7
+_GLYPHS = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+def _glyph(c: str) -> str:
+    "One character as drawn: a glyph for the common whitespace, an escape for other invisible characters."
+    if c in _GLYPHS: return _GLYPHS[c]
+    if c.isspace() or unicodedata.category(c) in ("Cc", "Cf"):
+        n = ord(c)
+        return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+    return c
+
+def visible_whitespace(text: str) -> str:
+    "`text` with whitespace drawn visibly (`␣` space, `↵` newline, `⇥` tab, `␍` return; other invisible characters escaped)."
+    if not isinstance(text, str): raise TypeError(f"visible_whitespace takes a string, got {type(text).__name__}")
+    if text.isprintable() and " " not in text: return text          # the common case: nothing to draw differently
+    return "".join(map(_glyph, text))
 
 # %% ../nbs/52_display.ipynb #45c2f72b
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -197,8 +215,6 @@ def kv_table(title: str, rows) -> str:
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     return f"{_STYLE}<div><b>{_e(title)}</b><table>{body}</table></div>"
 
-def _visible(tok: str) -> str: return tok.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
-
 def _colour(v: float, lo: float, hi: float) -> str:
     "Blue for positive, red for negative; opacity by magnitude on the `lo..hi` scale."
     if v != v: return "transparent"                       # NaN
@@ -224,7 +240,7 @@ def heatmap_html(tokens, values, row_labels=None, title: str = "") -> str:
         spans = "".join(
             f'<span class="dl-tok" data-row="{r}" data-pos="{p}" data-value="{float(v[r, p]):.6g}" '
             f'title="{p}: {_e(repr(t))} = {float(v[r, p]):.4g}" style="background:{_colour(float(v[r, p]), lo, hi)}">'
-            f'{_e(_visible(t))}</span>' for p, t in enumerate(tokens))
+            f'{_e(visible_whitespace(t))}</span>' for p, t in enumerate(tokens))
         rows.append(f'<div class="dl-row"><div class="dl-label">{_e(lab)}</div><div>{spans}</div></div>')
     head = f"<b>{_e(title)}</b> " if title else ""
     return f'{_STYLE}<div class="dl-heatmap">{head}<span class="dl-label">scale {lo:.3g}..{hi:.3g}</span>{"".join(rows)}</div>'

@@ -306,7 +306,11 @@ def _chart(c):
     from deeplens.charts import Chart
     return Chart(c)
 
-def _label(r: dict) -> str: return f"{r['position']}: {_show(r['token'], 12, True)}"
+def _label(r: dict) -> str:
+    "A position's legend label: its token drawn with visible whitespace (the display layer's one mapping), cut to 12."
+    from deeplens.display import visible_whitespace
+    s = visible_whitespace(r["token"])
+    return f"{r['position']}: {s if len(s) <= 12 else s[:11] + '…'}"
 
 def convergence_chart(result: LensResult, batch: int = 0, width: int = 260, height: int = 200):
     "KL(final ‖ layer), final-token probability and top-1 agreement per layer, one line per position (altair)."

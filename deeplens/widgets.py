@@ -5,17 +5,20 @@ an SAE feature explorer and a steering panel."""
 
 # %% ../nbs/50_widgets.ipynb #ca901f06
 from __future__ import annotations
-import math
+import math, threading, warnings
 from importlib.resources import files
 from pathlib import Path
 import numpy as np
 import torch
 import anywidget
 import traitlets as t
+from transformers import StoppingCriteria, StoppingCriteriaList
+from .display import visible_whitespace
+_all_ = ["visible_whitespace"]
 
 # %% auto #0
-__all__ = ['f32_bytes', 'f32_array', 'TokenHeatmap', 'LogitLensView', 'AttentionView', 'TrainingMonitor', 'FeatureExplorer',
-           'SteeringPanel']
+__all__ = ['MAX_NEW_TOKENS', 'f32_bytes', 'f32_array', 'TokenHeatmap', 'LogitLensView', 'AttentionView', 'TrainingMonitor',
+           'FeatureExplorer', 'SteeringPanel', 'visible_whitespace']
 
 # %% ../nbs/50_widgets.ipynb #46c33a39
 def _js(name: str) -> Path:
@@ -40,15 +43,48 @@ def f32_array(buf, shape) -> np.ndarray:
     "Decode a float32 buffer sent by a view back into an array of `shape`."
     return np.frombuffer(bytes(buf), dtype="<f4").reshape(shape)
 
-def _visible(tok: str) -> str:
-    "A token with its invisible characters made visible (spaces stay as they are)."
-    return tok.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+def _check_count(v, name: str, lo: int = 1) -> int:
+    "`v` as an int ≥ `lo`, or a ValueError naming it."
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"{name} must be an int ≥ {lo}, got {v!r}")
+    return int(v)
+
+class _View(anywidget.AnyWidget):
+    "A deeplens view: the browser may set only the traits its controls change (`_from_frontend`), each validated."
+    _from_frontend: tuple = ()
+
+    def set_state(self, sync_data):
+        "A state update from the browser (ipywidgets calls this for every `update` message)."
+        bad = sorted(k for k in sync_data if k in self.keys and k not in self._from_frontend)
+        if bad:
+            raise t.TraitError(f"{type(self).__name__}: the browser may set only {list(self._from_frontend)}; "
+                               f"{bad} are Python's to set")
+        super().set_state(sync_data)
 
 # %% ../nbs/50_widgets.ipynb #48d4801d
-class TokenHeatmap(anywidget.AnyWidget):
+def _scale(v: np.ndarray, vmin, vmax) -> tuple[float, float]:
+    "The colour scale: `vmin` / `vmax` where given, else the finite data's range (from 0 for non-negative data)."
+    for name, x in (("vmin", vmin), ("vmax", vmax)):
+        if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating))
+                              or not math.isfinite(x)):
+            raise ValueError(f"{name} must be a finite number (or None: from the data), got {x!r}")
+    fin = v[np.isfinite(v)]
+    lo = float(vmin) if vmin is not None else min(float(fin.min()), 0.0) if fin.size else 0.0
+    hi = float(vmax) if vmax is not None else float(fin.max()) if fin.size else 1.0
+    if vmin is not None and vmax is not None and not lo < hi:
+        raise ValueError(f"vmin={lo:g} must be below vmax={hi:g}")
+    if lo > hi and vmin is not None:
+        raise ValueError(f"vmin={lo:g} is above the data's maximum {hi:g} (used as vmax): pass vmax= too")
+    if lo > hi:
+        raise ValueError(f"vmax={hi:g} is below {lo:g} (the data's minimum, or 0 for non-negative data, used as vmin): "
+                         "pass vmin= too")
+    return lo, hi
+
+class TokenHeatmap(_View):
     "Tokens coloured by a value per token; `values` is `[n_tokens]` or `[n_rows, n_tokens]`."
     _esm = _js("token_heatmap.js")
-    tokens = t.List(t.Unicode()).tag(sync=True)
+    _from_frontend = ("row",)
+    tokens = t.List(t.Unicode()).tag(sync=True)     # raw; the view draws them with visible whitespace
     values = t.Bytes(b"").tag(sync=True)            # float32 [rows, n_tokens]
     shape = t.List(t.Int(), [0, 0]).tag(sync=True)
     row_labels = t.List(t.Unicode()).tag(sync=True)
@@ -68,12 +104,9 @@ class TokenHeatmap(anywidget.AnyWidget):
                              f"got shape {tuple(_array(values, 'values').shape)}")
         labels = [str(s) for s in row_labels] if row_labels is not None else [f"row {i}" for i in range(v.shape[0])]
         if len(labels) != v.shape[0]: raise ValueError(f"row_labels has {len(labels)} labels for {v.shape[0]} rows")
-        fin = v[np.isfinite(v)]
-        lo = float(fin.min()) if vmin is None and fin.size else float(vmin if vmin is not None else 0.0)
-        hi = float(fin.max()) if vmax is None and fin.size else float(vmax if vmax is not None else 1.0)
-        if vmin is None and lo > 0: lo = 0.0                    # non-negative data: zero is "off"
+        lo, hi = _scale(v, vmin, vmax)
         self._values, self._click = v, []
-        super().__init__(tokens=[_visible(s) for s in tokens], values=f32_bytes(v), shape=list(v.shape),
+        super().__init__(tokens=tokens, values=f32_bytes(v), shape=list(v.shape),
                          row_labels=labels, vmin=lo, vmax=hi, title=title, **kw)
         self.on_msg(self._on_frontend)
 
@@ -82,6 +115,14 @@ class TokenHeatmap(anywidget.AnyWidget):
         r = proposal["value"]
         if not 0 <= r < self.shape[0]: raise t.TraitError(f"row {r} is out of range: this heatmap has {self.shape[0]} rows")
         return r
+
+    @t.validate("vmin", "vmax")
+    def _check_scale(self, proposal):
+        v, name = proposal["value"], proposal["trait"].name
+        if not math.isfinite(v): raise t.TraitError(f"{name} must be finite, got {v}")
+        lo, hi = (v, self.vmax) if name == "vmin" else (self.vmin, v)
+        if lo > hi: raise t.TraitError(f"vmin={lo:g} is above vmax={hi:g}; set both inside hold_trait_notifications()")
+        return v
 
     @property
     def array(self) -> np.ndarray:
@@ -110,13 +151,14 @@ class TokenHeatmap(anywidget.AnyWidget):
         return f"{head}\n  highest: {top}"
 
 # %% ../nbs/50_widgets.ipynb #66439d46
-class LogitLensView(anywidget.AnyWidget):
+class LogitLensView(_View):
     "Layer × position grid of a `LensResult`'s top tokens; click a cell for its top-k."
     _esm = _js("logit_lens.js")
+    _from_frontend = ("batch",)
     title = t.Unicode("").tag(sync=True)
     layers = t.List(t.Int()).tag(sync=True)
     positions = t.List(t.Int()).tag(sync=True)
-    input_tokens = t.List(t.Unicode()).tag(sync=True)
+    input_tokens = t.List(t.Unicode()).tag(sync=True)  # raw tokens, drawn with visible whitespace
     valid = t.List(t.Bool()).tag(sync=True)
     top_tokens = t.List(t.Unicode()).tag(sync=True)  # [L * P], row-major
     probs = t.Bytes(b"").tag(sync=True)              # float32 [L, P]: top-1 probability
@@ -155,9 +197,9 @@ class LogitLensView(anywidget.AnyWidget):
         P = len(r.positions)
         dec = r._decode
         with self.hold_sync():
-            self.input_tokens = [_visible(r.str_tokens[b][p]) for p in r.positions]
+            self.input_tokens = [r.str_tokens[b][p] for p in r.positions]
             self.valid = [bool(r.mask[b, p]) for p in r.positions]
-            self.top_tokens = [_visible(dec(i)) for i in r.top_ids[:, b, :, 0].reshape(-1).tolist()]
+            self.top_tokens = [dec(i) for i in r.top_ids[:, b, :, 0].reshape(-1).tolist()]
             self.probs = f32_bytes(r.top_probs[:, b, :, 0])
             self.kl = f32_bytes(r.kl[:, b, :])
             self.shape = [len(r.layers), P]
@@ -173,7 +215,7 @@ class LogitLensView(anywidget.AnyWidget):
         ps = r.top_probs[layer_index, b, pos_index].tolist()
         with self.hold_sync():
             self.selected = [layer_index, pos_index]
-            self.selected_topk = [{"token": _visible(r._decode(i)), "id": int(i), "prob": float(p)} for i, p in zip(ids, ps)]
+            self.selected_topk = [{"token": r._decode(i), "id": int(i), "prob": float(p)} for i, p in zip(ids, ps)]
             self.selected_detail = {"layer": r.layers[layer_index], "position": r.positions[pos_index],
                                     "input_token": self.input_tokens[pos_index],
                                     "kl": float(r.kl[layer_index, b, pos_index]),
@@ -191,11 +233,15 @@ class LogitLensView(anywidget.AnyWidget):
         return f"LogitLensView({L} layers × {P} positions, input {self.batch} of {self.batch_size})\n" + self.result.grid(self.batch)
 
 # %% ../nbs/50_widgets.ipynb #37a6d5a4
-class AttentionView(anywidget.AnyWidget):
+class AttentionView(_View):
     "Layer/head pickers over attention patterns `{layer: [n_heads, q, k]}`, with optional head-score badges."
     _esm = _js("attention.js")
+    _from_frontend = ("layer", "head")
+    max_cells = 512 * 512            # query × key cells per head the view draws as SVG; more is refused
+    warn_bytes = 256 * 2**20         # patterns held in Python beyond this warn
     title = t.Unicode("").tag(sync=True)
-    tokens = t.List(t.Unicode()).tag(sync=True)
+    tokens = t.List(t.Unicode()).tag(sync=True)      # one per key position, raw
+    query_start = t.Int(0).tag(sync=True)            # position of the first query row
     layers = t.List(t.Int()).tag(sync=True)
     n_heads = t.Int(0).tag(sync=True)
     layer = t.Int(0).tag(sync=True)
@@ -206,24 +252,28 @@ class AttentionView(anywidget.AnyWidget):
     scores = t.Bytes(b"").tag(sync=True)             # float32 [n_scores, n_layers, n_heads]
     scores_shape = t.List(t.Int(), [0, 0, 0]).tag(sync=True)
 
-    def __init__(self, patterns, tokens, scores: dict | None = None, layer=None, head: int = 0, title: str = "", **kw):
+    def __init__(self, patterns, tokens, scores: dict | None = None, layer=None, head: int = 0, title: str = "", *,
+                 query_start: int = 0, **kw):
         if isinstance(patterns, dict): items = list(patterns.items())
         else:
             arr = _array(patterns, "patterns")
             if arr.ndim != 4: raise ValueError(f"patterns must be [n_layers, n_heads, q, k] or a dict {{layer: [n_heads, q, k]}}, got shape {arr.shape}")
             items = list(enumerate(arr))
         if not items: raise ValueError("patterns is empty: give at least one layer")
+        q0 = _check_count(query_start, "query_start", 0)
         pats = {}
         for l, p in items:
             a = _array(p, f"patterns[{l}]")
             if a.ndim == 4 and a.shape[0] == 1: a = a[0]            # a hook_pattern with batch 1
-            if a.ndim != 3 or a.shape[1] > a.shape[2]:
-                raise ValueError(f"patterns[{l}] must be [n_heads, q, k] with q ≤ k, got shape {a.shape}")
+            if a.ndim != 3 or q0 + a.shape[1] > a.shape[2]:
+                raise ValueError(f"patterns[{l}] must be [n_heads, q, k] with query_start + q ≤ k "
+                                 f"(query_start={q0}), got shape {a.shape}")
             pats[int(l)] = a
         shapes = {a.shape for a in pats.values()}
         if len(shapes) != 1: raise ValueError(f"all layers' patterns must have the same shape, got {sorted(shapes)}")
         H, Q, K = next(iter(shapes))
-        tokens = [_visible(str(s)) for s in tokens]
+        _check_attention_size(type(self), len(pats), H, Q, K)
+        tokens = [str(s) for s in tokens]
         if len(tokens) != K: raise ValueError(f"{len(tokens)} tokens for patterns over {K} key positions")
         self._patterns = pats
         names, sc = [], np.zeros((0, 0, H), np.float32)
@@ -238,7 +288,7 @@ class AttentionView(anywidget.AnyWidget):
         layer = ls[0] if layer is None else layer
         if layer not in pats: raise ValueError(f"layer {layer} has no pattern; layers: {ls}")
         if not 0 <= head < H: raise ValueError(f"head {head} is out of range: there are {H} heads")
-        super().__init__(title=title, tokens=tokens, layers=ls, n_heads=H, head=head, layer=layer,
+        super().__init__(title=title, tokens=tokens, query_start=q0, layers=ls, n_heads=H, head=head, layer=layer,
                          score_names=names, scores=f32_bytes(sc), scores_shape=list(sc.shape),
                          pattern=f32_bytes(pats[layer]), shape=[H, Q, K], **kw)
 
@@ -264,46 +314,103 @@ class AttentionView(anywidget.AnyWidget):
         return self._patterns[self.layer if layer is None else layer]
 
     @classmethod
-    def from_model(cls, model, inputs, layers=None, scores=False, head: int = 0, **kw) -> "AttentionView":
-        "Run `model` on one text (or `[1, pos]` ids) and view the patterns of `layers` (None: all)."
+    def from_model(cls, model, inputs, layers=None, scores=False, head: int = 0, *, positions: slice | None = None,
+                   **kw) -> "AttentionView":
+        """Run `model` on one text (or `[1, pos]` ids) and view the patterns of `layers` (None: all); `positions` (a
+        slice, e.g. `slice(-64, None)`) keeps only those query rows, and the keys up to the last of them."""
         from deeplens.model import HookedModel
         if not isinstance(model, HookedModel): raise TypeError(f"expected a deeplens HookedModel, got {type(model).__name__}")
         ids = model.to_tokens(inputs) if isinstance(inputs, str) else torch.as_tensor(inputs)
         if ids.ndim == 1: ids = ids[None]
         if ids.ndim != 2 or ids.shape[0] != 1: raise ValueError(f"AttentionView shows one input: give one text or [1, pos] ids, got shape {tuple(ids.shape)}")
-        n = model.cfg.n_layers
-        ls = list(range(n)) if layers is None else sorted({l % n for l in ([layers] if isinstance(layers, int) else layers)})
-        names = [f"blocks.{l}.attn.hook_pattern" for l in ls]
-        with torch.no_grad(): _, cache = model.run_with_cache(ids.to(model.device), names)
-        pats = {l: cache[nm][0] for l, nm in zip(ls, names)}
-        if model.tokenizer is not None: toks = [model.tokenizer.decode([i]) for i in ids[0].tolist()]
-        else: toks = [f"<{i}>" for i in ids[0].tolist()]
+        ls = _layer_list(layers, model.cfg.n_layers)
+        qs = _query_range(positions, ids.shape[1])
+        q0, q1 = qs.start, qs.stop
+        _check_attention_size(cls, len(ls), model.cfg.n_heads, q1 - q0, q1, warn=False)   # before the forward
+        pats = {}
+        def keep(l):
+            def fn(act, hook): pats[l] = act[0, :, q0:q1, :q1].detach().to("cpu", torch.float32).clone()
+            return fn
+        with torch.no_grad():
+            model.run_with_hooks(ids.to(model.device), fwd_hooks=[(f"blocks.{l}.attn.hook_pattern", keep(l)) for l in ls])
+        keys = ids[0, :q1].tolist()
+        toks = [model.tokenizer.decode([i]) for i in keys] if model.tokenizer is not None else [f"<{i}>" for i in keys]
         if scores is True:
             from deeplens.heads import head_scores
             seq = max(2, min(50, (model.cfg.n_ctx - 1) // 2))
             s = head_scores(model, seq_len=seq, n_seqs=8)
             scores = {"induction": s["induction"], "previous_token": s["previous_token"]}
         name = getattr(model.hf.config, "_name_or_path", "") or model.cfg.architecture
-        return cls(pats, toks, scores=scores or None, head=head, title=kw.pop("title", f"attention · {Path(name).name}"), **kw)
+        return cls(pats, toks, scores=scores or None, head=head, query_start=q0,
+                   title=kw.pop("title", f"attention · {Path(name).name}"), **kw)
 
     def __repr__(self):
         H, Q, K = self.shape
-        p = self._patterns[self.layer][self.head]
-        lines = [f"AttentionView({len(self.layers)} layer(s) {self.layers}, {H} heads, {Q} queries × {K} keys; "
-                 f"showing layer {self.layer} head {self.head})"]
+        p, q0 = self._patterns[self.layer][self.head], self.query_start
+        lines = [f"AttentionView({len(self.layers)} layer(s) {self.layers}, {H} heads, {Q} queries"
+                 f"{f' (from position {q0})' if q0 else ''} × {K} keys; showing layer {self.layer} head {self.head})"]
         if self.score_names:
             sc = f32_array(self.scores, self.scores_shape)
             lines.append("  scores: " + ", ".join(f"{n} {sc[i, self.layer, self.head]:.3f}" for i, n in enumerate(self.score_names)))
         for q in range(min(Q, 6)):
             k = int(np.argmax(p[q]))
-            lines.append(f"  {self.tokens[q]!r} -> {self.tokens[k]!r} ({p[q, k]:.2f})")
+            lines.append(f"  {self.tokens[q0 + q]!r} -> {self.tokens[k]!r} ({p[q, k]:.2f})")
         if Q > 6: lines.append(f"  ... {Q - 6} more queries")
         return "\n".join(lines)
+
+def _layer_list(layers, n: int) -> list[int]:
+    "Sorted distinct layer indices (negative ones count from the end); out of range is an error, not a wrap-around."
+    ls = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
+    for l in ls:
+        if isinstance(l, bool) or not isinstance(l, (int, np.integer)) or not -n <= l < n:
+            raise ValueError(f"layer {l!r} is out of range: the model has {n} layers (0..{n - 1}, or negative from the end)")
+    if not ls: raise ValueError("layers is empty: give at least one layer")
+    return sorted({int(l) % n for l in ls})
+
+def _query_range(positions, T: int) -> range:
+    "The query positions a `positions` slice keeps (all of them for None); contiguous and non-empty."
+    if positions is None: return range(T)
+    if not isinstance(positions, slice): raise TypeError(f"positions must be a slice such as slice(-64, None), got {type(positions).__name__}")
+    qs = range(T)[positions]
+    if qs.step != 1 or not len(qs): raise ValueError(f"positions {positions} must pick a non-empty run of positions (step 1) of the {T}-token input")
+    return qs
+
+def _check_attention_size(cls, n_layers: int, H: int, Q: int, K: int, warn: bool = True) -> None:
+    "Refuse patterns too large to draw and warn about ones that take much memory, saying how to narrow them."
+    mb = 4 * n_layers * H * Q * K / 2**20
+    size = f"{mb:,.0f} MB" if mb >= 10 else f"{mb:.2g} MB"
+    what = f"{n_layers} layer(s) × {H} heads × {Q} queries × {K} keys of float32 patterns take {size}"
+    narrow = ("narrow it: AttentionView.from_model(model, text, layers=[...], positions=slice(-128, None)) keeps the "
+              "chosen layers and the last 128 query rows (or pass sliced patterns with query_start=)")
+    if Q * K > cls.max_cells:
+        raise ValueError(f"the view draws q × k = {Q * K:,} cells per head, more than AttentionView.max_cells = "
+                         f"{cls.max_cells:,}; {what}. To see it, {narrow}")
+    if warn and mb * 2**20 > cls.warn_bytes:
+        warnings.warn(f"AttentionView: {what}; to hold less, {narrow}", stacklevel=3)
 
 # %% ../nbs/50_widgets.ipynb #cef658ef
 _MONITOR_METRICS = ("loss", "fvu", "l0", "dead_frac", "eval_loss", "eval_fvu")
 
-class TrainingMonitor(anywidget.AnyWidget):
+def _number(v, what: str) -> float:
+    "A logged value as a float: a number (Python, numpy, a one-element tensor), or None for 'not logged' (NaN)."
+    if v is None: return math.nan
+    if isinstance(v, torch.Tensor) and v.numel() == 1: v = v.item()
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what} must be a number, got {type(v).__name__} {v!r:.60}")
+    return float(v)
+
+def _records(history) -> list[dict]:
+    "A training history checked: a list of dicts (like `SAETrainer.history`)."
+    if isinstance(history, (str, bytes, dict)) or not hasattr(history, "__iter__"):
+        raise TypeError(f"history must be a list of records (dicts like {{'step': 10, 'loss': 0.5}}, as in SAETrainer.history), "
+                        f"got {type(history).__name__}")
+    history = list(history)
+    for i, r in enumerate(history):
+        if not isinstance(r, dict):
+            raise TypeError(f"history record {i} must be a dict like {{'step': 10, 'loss': 0.5}}, got {type(r).__name__} {r!r:.60}")
+    return history
+
+class TrainingMonitor(_View):
     "Live curves of `SAETrainer.history`; attach with `TrainingMonitor(trainer)` (adds itself to its callbacks)."
     _esm = _js("training_monitor.js")
     title = t.Unicode("SAE training").tag(sync=True)
@@ -315,7 +422,11 @@ class TrainingMonitor(anywidget.AnyWidget):
     def __init__(self, trainer=None, metrics=None, title: str | None = None, **kw):
         if trainer is not None and not (hasattr(trainer, "history") and hasattr(trainer, "callbacks")):
             raise TypeError(f"expected an SAETrainer (with .history and .callbacks), got {type(trainer).__name__}")
-        self._fixed = list(metrics) if metrics is not None else None
+        if metrics is not None:
+            metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+            if not metrics or not all(isinstance(m, str) for m in metrics):
+                raise TypeError(f"metrics must be a non-empty list of metric names such as ['loss', 'fvu'], got {metrics!r}")
+        self._fixed = metrics
         self._seen = -1
         name = getattr(trainer, "model_name", "")
         super().__init__(title=title or ("SAE training" + (f" · {name}" if name else "")), **kw)
@@ -326,16 +437,15 @@ class TrainingMonitor(anywidget.AnyWidget):
         else: self.update([])
 
     def update(self, history) -> None:
-        "Resend the curves from a list of history records (dicts with `step` and metric values)."
-        history = list(history)
+        "Resend the curves from a list of history records (dicts with `step` and metric values; a missing value is not drawn)."
+        history = _records(history)
         names = self._fixed if self._fixed is not None else \
             [m for m in _MONITOR_METRICS if any(m in r for r in history)] or ["loss"]
-        steps = np.array([float(r.get("step", i)) for i, r in enumerate(history)], np.float32)
-        vals = np.full((len(names), len(history)), np.nan, np.float32)
-        for j, r in enumerate(history):
-            for i, m in enumerate(names):
-                v = r.get(m)
-                if isinstance(v, (int, float)) and not isinstance(v, bool): vals[i, j] = v
+        steps = np.array([_number(r.get("step", i), f"history[{i}]['step']") for i, r in enumerate(history)], np.float32)
+        bad = np.flatnonzero(~np.isfinite(steps))
+        if bad.size: raise ValueError(f"history[{bad[0]}]['step'] must be a finite number, got {history[bad[0]].get('step')!r}")
+        vals = np.array([[_number(r.get(m), f"history[{j}][{m!r}]") for j, r in enumerate(history)] for m in names],
+                        np.float32).reshape(len(names), len(history))
         with self.hold_sync():
             self.metrics, self.steps, self.values, self.n_records = names, f32_bytes(steps), f32_bytes(vals), len(history)
         self._seen = len(history)
@@ -355,14 +465,10 @@ class TrainingMonitor(anywidget.AnyWidget):
         return f"TrainingMonitor({self.title}: {self.n_records} records, last step {int(f32_array(self.steps, (self.n_records,))[-1])}; {last})"
 
 # %% ../nbs/50_widgets.ipynb #b957636f
-def _check_count(v, name: str, lo: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an int ≥ {lo}, got {v!r}")
-    return int(v)
-
-class FeatureExplorer(anywidget.AnyWidget):
+class FeatureExplorer(_View):
     "Browse an SAE's features over an `ActivationStore`: picker and search, histograms, top examples, logit tokens."
     _esm = _js("feature_explorer.js")
+    _from_frontend = ("feature",)
     title = t.Unicode("").tag(sync=True)
     n_features = t.Int(0).tag(sync=True)
     feature = t.Int(0).tag(sync=True)
@@ -375,7 +481,7 @@ class FeatureExplorer(anywidget.AnyWidget):
     density_edges = t.Bytes(b"").tag(sync=True)      # float32 [dbins + 1]
     n_density_bins = t.Int(0).tag(sync=True)
     n_dead = t.Int(0).tag(sync=True)
-    examples = t.List(t.Dict()).tag(sync=True)       # {"rank", "value", "row", "doc", "tokens", "center"}
+    examples = t.List(t.Dict()).tag(sync=True)       # {"rank", "value", "row", "doc", "tokens" (raw), "center"}
     example_acts = t.Bytes(b"").tag(sync=True)       # float32 [n_examples, width]; NaN where no activation is known
     example_shape = t.List(t.Int(), [0, 0]).tag(sync=True)
     top_logits = t.List(t.Dict()).tag(sync=True)     # {"token", "id", "value"}
@@ -437,7 +543,7 @@ class FeatureExplorer(anywidget.AnyWidget):
             ids, p = e.context_tokens.tolist(), e.context_pos
             lo, hi = max(0, p - W), min(len(ids), p + W + 1)
             items.append({"rank": int(e.rank), "value": float(e.value), "row": int(e.row), "doc": int(e.doc),
-                          "tokens": [_visible(self._tok.decode([j])) for j in ids[lo:hi]], "center": p - lo})
+                          "tokens": [self._tok.decode([j]) for j in ids[lo:hi]], "center": p - lo})
             cand = np.arange(max(0, e.row - (p - lo)), min(n, e.row + (hi - p)))
             ti = st.token_index(cand)
             same = (ti["context"] == e.context) & (ti["context_pos"] >= lo) & (ti["context_pos"] < hi)
@@ -463,7 +569,7 @@ class FeatureExplorer(anywidget.AnyWidget):
         top, bot = [], []
         if self.model is not None:
             lg = feature_logits(self.sae, self.model, [f], self.k, hook=self.hook)[0]
-            dec = lambda ids, vs: [{"token": _visible(self._tok.decode([int(i)])), "id": int(i), "value": float(v)}
+            dec = lambda ids, vs: [{"token": self._tok.decode([int(i)]), "id": int(i), "value": float(v)}
                                    for i, v in zip(ids.tolist(), vs.tolist())]
             top, bot = dec(lg["top_tokens"], lg["top_values"]), dec(lg["bottom_tokens"], lg["bottom_values"])
         h = self._hist
@@ -512,7 +618,7 @@ class FeatureExplorer(anywidget.AnyWidget):
                 e = found.setdefault(f, {"feature": f, "density": float(self.stats.density[f]), "tokens": [],
                                          "sources": [], "exact": False, "n": 0})
                 e["n"] += 1; e["exact"] |= i in exact
-                tok = _visible(text[i])
+                tok = text[i]
                 if tok not in e["tokens"]: e["tokens"].append(tok)
                 name = ("examples", "logits")[s]
                 if name not in e["sources"]: e["sources"].append(name)
@@ -539,7 +645,33 @@ class FeatureExplorer(anywidget.AnyWidget):
         return "\n".join(lines)
 
 # %% ../nbs/50_widgets.ipynb #5c5221c2
-class SteeringPanel(anywidget.AnyWidget):
+MAX_NEW_TOKENS = 256     # the most tokens a SteeringPanel generates per side: it is an interactive view
+
+class _Cancelled(Exception): "A generation stopped because the panel got a newer request (or 'stop')."
+
+class _StopWhen(StoppingCriteria):
+    "Stops `generate` between two tokens once `event` is set (by raising, so nothing half-done is shown)."
+    def __init__(self, event: threading.Event): self.event = event
+    def __call__(self, input_ids, scores, **kw):
+        if self.event.is_set(): raise _Cancelled()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+class _Job:
+    "One generation the view asked for, on its own thread; `cancel` stops it at its next token."
+    def __init__(self, args: dict): self.args, self.cancel, self.thread = args, threading.Event(), None
+
+def _site_width_check(model, sae, hook: str) -> None:
+    "Fail now, naming both widths, when `sae` cannot read `hook` of `model` (one token through the model tells)."
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.zeros(1, 1, dtype=torch.long, device=model.device), names_filter=[hook])
+    shape = tuple(cache[hook].shape)
+    fits = shape[-1] == sae.d_in or (len(shape) >= 4 and shape[-2] * shape[-1] == sae.d_in)   # [.., head, d_head] sites
+    if not fits:
+        width = shape[-1] if len(shape) < 4 else f"{shape[-2]} × {shape[-1]} = {shape[-2] * shape[-1]}"
+        raise ValueError(f"the SAE reads width d_in={sae.d_in} but {hook} on this model has width {width}: "
+                         "it was trained on another model or site; use the SAE for this model's site (or pass hook=)")
+
+class SteeringPanel(_View):
     "Prompt, feature / vector picker and coefficient slider; baseline and steered greedy generation side by side."
     _esm = _js("steering_panel.js")
     title = t.Unicode("").tag(sync=True)
@@ -573,12 +705,15 @@ class SteeringPanel(anywidget.AnyWidget):
         if not isinstance(prompt, str): raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
         try: lo, hi = (float(v) for v in coef_range)
         except (TypeError, ValueError): raise TypeError(f"coef_range must be a pair of numbers (low, high), got {coef_range!r}") from None
-        if not lo < hi: raise ValueError(f"coef_range must have low < high, got {coef_range!r}")
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"coef_range must have finite low < high, got {coef_range!r}")
         self.model, self._cache = model, {}
+        self._lock, self._job = threading.RLock(), None   # trait writes come from the kernel thread and the generation thread
         if isinstance(steer, SparseAutoencoder): steer = InterveneFeatures(steer)
         if isinstance(steer, InterveneFeatures):
             self.sae, self.vectors = steer.sae, {}
             self.hook = steer_features(model, self.sae, {0: 0.0}, hook=hook, mode="add").hook   # checks the site
+            _site_width_check(model, self.sae, self.hook)
             kind, names, n_feat, hook = "feature", [], self.sae.d_sae, self.hook
         else:
             vecs = {"vector": steer} if isinstance(steer, SteeringVector) else steer
@@ -609,6 +744,22 @@ class SteeringPanel(anywidget.AnyWidget):
                                "build the panel with a wider coef_range")
         return c
 
+    @t.validate("coef_min", "coef_max")
+    def _check_range(self, proposal):
+        v, name = proposal["value"], proposal["trait"].name
+        lo, hi = (v, self.coef_max) if name == "coef_min" else (self.coef_min, v)
+        if not (math.isfinite(v) and lo < hi): raise t.TraitError(f"coef_range must have finite low < high, got ({lo:g}, {hi:g})")
+        return v
+
+    @t.validate("max_new_tokens")
+    def _check_max_new(self, proposal):
+        n = proposal["value"]
+        if not 1 <= n <= MAX_NEW_TOKENS:
+            raise t.TraitError(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS} (the panel's limit, "
+                               f"deeplens.widgets.MAX_NEW_TOKENS), got {n}; for longer texts call generate_with_steering "
+                               "or model.generate inside steer_features")
+        return n
+
     @t.validate("feature")
     def _check_feature(self, proposal):
         f = proposal["value"]
@@ -634,28 +785,25 @@ class SteeringPanel(anywidget.AnyWidget):
         from deeplens.features import feature_logits
         try: lg = feature_logits(self.sae, self.model, [self.feature], 6, hook=self.hook)[0]
         except ValueError: self.hint = f"feature {self.feature}"; return
-        toks = ", ".join(repr(_visible(self.model.tokenizer.decode([int(i)]))) for i in lg["top_tokens"].tolist())
-        self.hint = f"feature {self.feature} promotes {toks}"
+        toks = "  ".join(visible_whitespace(self.model.tokenizer.decode([int(i)])) for i in lg["top_tokens"].tolist())
+        self.hint = f"feature {self.feature} promotes  {toks}"
 
-    def _baseline(self, prompt: str) -> str:
-        key = (prompt, self.max_new_tokens)
-        if key not in self._cache:
-            self._cache[key] = self.model.generate(prompt, max_new_tokens=self.max_new_tokens)
-        return self._cache[key]
-
-    def _steered(self, prompt: str) -> str:
-        c, n = self.coefficient, self.max_new_tokens
-        if self.kind == "vector":
-            from deeplens.steering import generate_with_steering
-            return generate_with_steering(self.model, prompt, self.vectors[self.name], c, max_new_tokens=n)
+    def _texts(self, prompt: str, coefficient: float, feature: int, name: str, n: int, stop=None) -> tuple[str, str]:
+        "Baseline (cached per prompt and length) and steered greedy continuations; `stop` (an Event) cancels between tokens."
         from deeplens.intervene import steer_features
-        with steer_features(self.model, self.sae, {self.feature: c}, hook=self.hook, mode="add"):
-            return self.model.generate(prompt, max_new_tokens=n)
+        from deeplens.steering import generate_with_steering
+        kw = {} if stop is None else {"stopping_criteria": StoppingCriteriaList([_StopWhen(stop)])}
+        if (prompt, n) not in self._cache: self._cache[prompt, n] = self.model.generate(prompt, max_new_tokens=n, **kw)
+        base = self._cache[prompt, n]
+        if coefficient == 0: return base, base                      # adding 0 changes nothing
+        if self.kind == "vector":
+            return base, generate_with_steering(self.model, prompt, self.vectors[name], coefficient, max_new_tokens=n, **kw)
+        with steer_features(self.model, self.sae, {feature: coefficient}, hook=self.hook, mode="add"):
+            return base, self.model.generate(prompt, max_new_tokens=n, **kw)
 
-    def run(self, prompt: str | None = None, coefficient: float | None = None, feature: int | None = None,
-            name: str | None = None) -> tuple[str, str]:
-        "Generate without and with steering (arguments left out keep the panel's values) → `(baseline, steered)`."
-        with self.hold_trait_notifications():
+    def _take(self, prompt=None, coefficient=None, feature=None, name=None) -> dict:
+        "Set (and so validate) the given controls together; the arguments of one generation."
+        with self._lock, self.hold_trait_notifications():
             if prompt is not None:
                 if not isinstance(prompt, str): raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
                 self.prompt = prompt
@@ -663,22 +811,69 @@ class SteeringPanel(anywidget.AnyWidget):
             if feature is not None: self.feature = feature
             if name is not None: self.name = name
         if not self.prompt: raise ValueError("the prompt is empty: type a prompt (or pass prompt=) before running")
-        self.busy, self.error = True, ""
+        return dict(prompt=self.prompt, coefficient=self.coefficient, feature=self.feature, name=self.name, n=self.max_new_tokens)
+
+    def _show(self, base: str, steered: str):
+        with self._lock, self.hold_sync(): self.baseline_text, self.steered_text, self.runs = base, steered, self.runs + 1
+
+    def run(self, prompt: str | None = None, coefficient: float | None = None, feature: int | None = None,
+            name: str | None = None) -> tuple[str, str]:
+        "Generate without and with steering (arguments left out keep the panel's values) → `(baseline, steered)`."
+        self.stop(); self.wait()                                    # a call from Python replaces the view's run
+        args = self._take(prompt, coefficient, feature, name)
+        with self._lock: self.busy, self.error = True, ""
         try:
-            base = self._baseline(self.prompt)
-            steered = base if self.coefficient == 0 else self._steered(self.prompt)   # adding 0 changes nothing
-            with self.hold_sync():
-                self.baseline_text, self.steered_text, self.runs = base, steered, self.runs + 1
-        finally: self.busy = False
+            base, steered = self._texts(**args)
+            self._show(base, steered)
+        finally:
+            with self._lock: self.busy = False
         return base, steered
 
+    def _start(self, args: dict):
+        "Generate on a thread, so the kernel stays free; the run before it (if any) is cancelled at its next token."
+        job = _Job(args)
+        with self._lock:
+            prev, self._job = self._job, job
+            if prev is not None: prev.cancel.set()
+        job.thread = threading.Thread(target=self._work, args=(job, prev), name="deeplens-steering", daemon=True)
+        job.thread.start()
+
+    def _work(self, job: _Job, prev: _Job | None):
+        try:
+            if prev is not None: prev.thread.join()                 # one generation at a time
+            if job.cancel.is_set(): return
+            with self._lock: self.busy, self.error = True, ""
+            base, steered = self._texts(**job.args, stop=job.cancel)
+            if not job.cancel.is_set(): self._show(base, steered)
+        except _Cancelled: pass
+        except Exception as e:                                      # nobody to raise to: the view shows it
+            with self._lock: self.error = f"generation failed: {type(e).__name__}: {e}"
+        finally:
+            with self._lock:
+                if self._job is job: self._job, self.busy = None, False
+
+    def stop(self) -> None:
+        "Cancel the generation the view started, at its next token (what the view's stop button does)."
+        with self._lock:
+            if self._job is not None: self._job.cancel.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        "Block until the generation the view started has finished (or `timeout` seconds); True when none is running."
+        job = self._job
+        if job is not None: job.thread.join(timeout)
+        return self._job is None
+
     def _on_frontend(self, _, content, buffers):
-        if not isinstance(content, dict) or content.get("type") != "run": return
+        if not isinstance(content, dict): return
+        if content.get("type") == "stop": return self.stop()
+        if content.get("type") != "run": return
         args = {k: content.get(k) for k in ("prompt", "coefficient", "feature", "name")}
         if self.kind == "vector": args["feature"] = None
         else: args["name"] = None
-        try: self.run(**args)
-        except (ValueError, TypeError, t.TraitError) as e: self.error = str(e)
+        self.stop()                           # first: a newer request supersedes the running one at its next token
+        try: self._start(self._take(**args))
+        except (ValueError, TypeError, t.TraitError) as e:
+            with self._lock: self.error = str(e)
 
     def __repr__(self):
         what = f"feature {self.feature} of {self.n_features} @ {self.hook}" if self.kind == "feature" \
@@ -686,5 +881,6 @@ class SteeringPanel(anywidget.AnyWidget):
         lines = [f"SteeringPanel({what}, coefficient {self.coefficient:g} in [{self.coef_min:g}, {self.coef_max:g}], "
                  f"{self.max_new_tokens} new tokens)", f"  prompt:   {self.prompt!r}"]
         if self.runs: lines += [f"  baseline: {self.baseline_text!r}", f"  steered:  {self.steered_text!r}"]
+        elif self.busy: lines.append("  generating…")
         else: lines.append("  not run yet: call .run() or move the slider")
         return "\n".join(lines)

@@ -184,7 +184,10 @@ def test_token_heatmap_one_span_per_token(lab_session):
     s.shot("token-heatmap", view)
     spans = view.locator(".dl-token")
     assert spans.count() == e["n_tokens"] == len(e["tokens"]) > 5
-    assert spans.evaluate_all("els => els.map(e => e.textContent)") == e["tokens"]
+    # tokens are drawn with visible whitespace: the single-space token is a visible ␣ with a width, not a blank
+    assert spans.evaluate_all("els => els.map(e => e.textContent)") == e["shown"]
+    space = e["tokens"].index(" ")
+    assert spans.nth(space).text_content() == "␣" and spans.nth(space).bounding_box()["width"] > 2
     assert spans.evaluate_all("els => els.map(e => Number(e.dataset.pos))") == list(range(e["n_tokens"]))
     colours = set(spans.evaluate_all("els => els.map(e => getComputedStyle(e).backgroundColor)"))
     assert len(colours) > 1, f"every token has the same colour {colours}: the values did not arrive"
@@ -202,7 +205,9 @@ def test_logit_lens_grid_is_layers_by_positions(lab_session):
     assert cells.count() == L * P and L >= 2 and P > 5
     got = cells.evaluate_all("els => els.map(e => [Number(e.dataset.layer), Number(e.dataset.pos), e.textContent])")
     assert sorted((l, p) for l, p, _ in got) == [(l, p) for l in range(L) for p in range(P)]
-    assert all(t == e["top_tokens"][l * P + p] for l, p, t in got)
+    assert all(t == e["top_tokens"][l * P + p] for l, p, t in got)          # drawn with visible whitespace
+    heads = view.locator("th.dl-lens-input")
+    assert heads.all_text_contents() == e["inputs"] and "␣" in e["inputs"] and "⇥" in e["inputs"]
     # clicking a cell asks the kernel for its top-k, which comes back as the panel's rows
     cells.first.click()
     items = view.locator(".dl-topk-item")
@@ -219,10 +224,11 @@ def test_attention_view_draws_the_pattern(lab_session):
     assert view.locator(".dl-head-select option").count() == e["n_heads"]
     assert view.locator(".dl-layer-select option").all_text_contents() == [str(l) for l in e["layers"]]
     assert view.locator(".dl-badge").count() == len(e["scores"]) == 2
+    assert view.locator("text.dl-att-key").all_text_contents() == e["keys"] and "␣" in e["keys"]
     # a causal pattern: the first query attends only to key 0, so row 0 has one opaque cell
     fills = view.locator("rect.dl-att-cell").evaluate_all("els => els.slice(0, %d).map(e => e.getAttribute('fill'))" % e["k"])
     alphas = [float(re.search(r"rgba\([^)]*,\s*([\d.]+)\)", f).group(1)) for f in fills]
-    assert alphas[0] == pytest.approx(1.0, abs=1e-3) and all(a == 0 for a in alphas[1:])
+    assert alphas[0] == pytest.approx(1.0, abs=1e-3) and all(a == 0 for a in alphas[1:])   # masked: exactly 0
 
 def test_training_monitor_draws_every_record(lab_session):
     s, e = lab_session, lab_session.expect["monitor"]
@@ -268,14 +274,23 @@ def test_feature_explorer_shows_the_feature(lab_session):
     assert rows.count() == e["n_examples"] > 0
     centers = rows.evaluate_all("els => els.map(r => r.querySelector('[data-center=\"1\"]')?.textContent)")
     assert centers == e["centers"]
+    toks = view.locator(".dl-fe-tok").all_text_contents()
+    assert toks == e["tokens"] and all(t.strip() for t in toks)          # whitespace drawn visibly: no blank box
     assert view.locator(".dl-fe-logits .dl-fe-logit").count() == e["n_logits"] > 0
     info = view.locator(".dl-fe-info")
     assert info.text_content().startswith(f"feature {e['feature']}:")
-    # typing another feature number asks the kernel, which refills the view
-    view.locator("input.dl-fe-feature").evaluate(
-        "(el, f) => { el.value = String(f); el.dispatchEvent(new Event('change', {bubbles: true})); }", e["other"])
-    s.wait(f"the explorer to switch to feature {e['other']}",
+    # typing another feature number and pressing Enter asks the kernel, which refills the view (the box keeps the
+    # focus: it was Enter that sent it, not a change event on leaving the box)
+    box = view.locator("input.dl-fe-feature")
+    box.click(); box.fill(str(e["other"])); box.press("Enter")
+    s.wait(f"the explorer to switch to feature {e['other']} after Enter",
            lambda: info.text_content().startswith(f"feature {e['other']}:"), timeout=60)
+    assert box.evaluate("el => document.activeElement === el")
+    # leaving the box (Tab) commits a typed number too
+    box.fill(str(e["third"])); box.press("Tab")
+    s.wait(f"the explorer to switch to feature {e['third']} after leaving the box",
+           lambda: info.text_content().startswith(f"feature {e['third']}:"), timeout=60)
+    s.shot("feature-explorer-typed", view)
 
 def test_steering_slider_changes_the_steered_text(lab_session):
     s, e = lab_session, lab_session.expect["steering"]
@@ -302,6 +317,14 @@ def test_steering_slider_changes_the_steered_text(lab_session):
     assert "1" in s.page.evaluate("() => window.__dlBusy"), "the busy indicator never showed while the model ran"
     assert not view.locator(".dl-sp-busy").is_visible()
     s.shot("steering-after", view)
+    # type a feature number and press Enter: the kernel regenerates with that feature at the same coefficient
+    box = view.locator("input.dl-sp-feature")
+    box.click(); box.fill(str(e["typed"])); box.press("Enter")
+    s.wait(f"the steered text for feature {e['typed']} after Enter", lambda: steered.text_content() == e["steered_typed"], timeout=90)
+    assert box.evaluate("el => document.activeElement === el") and box.input_value() == str(e["typed"])
+    s.wait("the busy indicator to clear", lambda: view.get_attribute("data-busy") == "0", timeout=30)
+    assert base.text_content() == e["baseline"] and view.locator(".dl-sp-hint").text_content().startswith(f"feature {e['typed']} ")
+    s.shot("steering-typed", view)
 
 def test_no_request_leaves_localhost(lab_session):
     s = lab_session

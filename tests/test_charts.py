@@ -9,19 +9,30 @@ import altair as alt
 from tiny import tiny_hf, tokens
 from deeplens.model import HookedModel
 from deeplens.patching import activation_patching, logit_diff, PatchingResult, PatchingResults
-from deeplens.lens import logit_lens
+from deeplens.lens import logit_lens, convergence_chart
 from deeplens.heads import CHGResult
 from deeplens.steering import SteeringEvaluation
 from deeplens.features import FeatureStats
 from deeplens.sae import SparseAutoencoder
 from deeplens.train import SAETrainer
 from deeplens import charts as C
+from deeplens.display import visible_whitespace
 
 VEGALITE = re.compile(r"application/vnd\.vegalite")
 
 def marks(svg: str, kind: str) -> int:
     "Marks of one type in a vl-convert SVG: one role=graphics-symbol element each, typed by aria-roledescription."
     return len(re.findall(f'role="graphics-symbol" aria-roledescription="{kind}( mark)?"', svg))
+
+def svg_texts(svg: str) -> list[str]:
+    "The text drawn in a vl-convert SVG (axis labels, text marks), unescaped."
+    import html
+    return [html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg)]
+
+def records(chart) -> list[dict]:
+    "The data rows of a chart, inline or in the spec's top-level datasets (where altair puts shared data)."
+    spec = chart.to_dict()
+    return next(iter(spec["datasets"].values())) if "datasets" in spec else spec["data"]["values"]
 
 def values(chart):
     "Inline data rows of a single-view chart spec."
@@ -106,6 +117,7 @@ def test_patching_heatmap_layer_only_and_head_only():
     v = torch.tensor([[0.5, -1.0], [2.0, 0.25]])
     r = PatchingResult("z", v, ("layer", "head"), {"layer": [0, 1], "head": [0, 1]}, metric="m")
     rows = values(C.patching_heatmap(r))
+    # float32 literals exactly representable, passed through: exact by construction
     assert [(x["layer"], x["x"], x["value"]) for x in rows] == [(0, "H0", 0.5), (0, "H1", -1.0), (1, "H0", 2.0), (1, "H1", 0.25)]
     r1 = PatchingResult("resid_pre", torch.tensor([0.1, 0.2, 0.3]), ("layer",), {"layer": [0, 2, 4]})
     c1 = C.patching_heatmap(r1)
@@ -189,6 +201,7 @@ def test_feature_histogram_from_dict_and_tensor():
          "zeros": torch.tensor([95, 94])}
     c = C.feature_histogram(h)
     rows = values(c)
+    # bin edges given as exactly representable numbers and integer counts, copied into the records: exact
     assert [(r["feature"], r["lo"], r["hi"], r["count"]) for r in rows] == [
         (3, 0, 1, 4), (3, 1, 2, 0), (3, 2, 3, 1), (7, 0, .5, 2), (7, .5, 1, 2), (7, 1, 1.5, 2)]
     assert marks(c.to_svg(), "bar") == 6
@@ -206,7 +219,7 @@ def test_feature_histogram_from_dict_and_tensor():
 def test_topk_bars(model):
     pairs = [(" Paris", 0.6), (" London", 0.2), ("\n", 0.1)]
     c = C.topk_bars(pairs)
-    assert [(r["token"], r["value"]) for r in values(c)] == pairs
+    assert [(r["token"], r["value"]) for r in values(c)] == pairs                # the same Python floats: exact
     assert marks(c.to_svg(), "bar") == 3
     logits = torch.randn(1, 3, 97, generator=torch.Generator().manual_seed(2))
     t = C.topk_bars(logits, k=5)
@@ -214,24 +227,53 @@ def test_topk_bars(model):
     assert [r["token"] for r in values(t)] == [str(i) for i in ref.indices.tolist()]
     assert [r["value"] for r in values(t)] == pytest.approx(ref.values.tolist())
     fl = {"feature": 0, "top_tokens": torch.tensor([5, 9]), "top_values": torch.tensor([3.0, 2.0])}
-    assert [(r["token"], r["value"]) for r in values(C.topk_bars(fl))] == [("5", 3.0), ("9", 2.0)]
+    assert [(r["token"], r["value"]) for r in values(C.topk_bars(fl))] == [("5", 3.0), ("9", 2.0)]   # literals: exact
     with pytest.raises(TypeError, match="topk_bars takes"): C.topk_bars(42)
 
-def test_embedding_scatter():
-    g = torch.Generator().manual_seed(0)
-    xy = torch.randn(10, 2, generator=g)
-    c = C.embedding_scatter(xy, labels=list("abcdefghij"), color=["u", "v"] * 5)
-    spec = c.to_dict(); rows = spec["data"]["values"] if "data" in spec else spec["layer"][0]["data"]["values"]
-    assert [v for r in rows for v in (r["x"], r["y"])] == pytest.approx(xy.double().flatten().tolist())
-    svg = c.to_svg(); assert marks(svg, "circle") == 10 and marks(svg, "text") == 10
-    hi = torch.randn(30, 6, generator=g).double()              # projected on top-2 principal components
-    rows = C.embedding_scatter(hi).to_dict()["data"]["values"] if "data" in C.embedding_scatter(hi).to_dict() else \
-        C.embedding_scatter(hi).to_dict()["layer"][0]["data"]["values"]
-    xc = hi - hi.mean(0); pc = torch.linalg.eigh(xc.T @ xc).eigenvectors[:, [-1, -2]]
-    proj = xc @ pc
-    got = torch.tensor([[r["x"], r["y"]] for r in rows], dtype=torch.float64)
-    assert torch.allclose(got.abs(), proj.abs(), atol=1e-8)    # up to the sign of each axis
-    with pytest.raises(ValueError, match="3 labels for 10 points"): C.embedding_scatter(xy, labels=list("abc"))
+# ---------------------------------------------------------------- whitespace tokens are drawn visibly
+
+WS = [" ", "\n", "\t", "  ", " Paris"]
+SHOWN = ["␣", "↵", "⇥", "␣␣", "␣Paris"]                 # by hand
+
+def test_token_labels_show_whitespace():
+    assert [visible_whitespace(t) for t in WS] == SHOWN
+    c = C.topk_bars([(t, 1.0 - i / 10) for i, t in enumerate(WS)])
+    assert [r["token"] for r in values(c)] == WS                          # the records keep the raw token
+    assert [r["label"] for r in values(c)] == [f"{i}: {v}" for i, v in enumerate(SHOWN)]
+    assert [f"{i}: {v}" for i, v in enumerate(SHOWN)] == [t for t in svg_texts(c.to_svg()) if t[:1].isdigit() and ": " in t]
+    r = PatchingResult("blocks.0.hook_resid_pre", torch.arange(10.0).reshape(2, 5), ("layer", "pos"),
+                       {"layer": [0, 1], "pos": list(range(5))}, tokens=WS)
+    xs = list(dict.fromkeys(row["x"] for row in C.patching_heatmap(r).to_dict()["data"]["values"]))
+    assert xs == [f"{p}: {v}" for p, v in enumerate(SHOWN)]
+    drawn = svg_texts(C.patching_heatmap(r).to_svg())
+    assert all(x in drawn for x in xs)
+
+def test_lens_heatmap_shows_whitespace(tok):
+    from deeplens.model import load_model
+    from tiny import text_llama
+    m = load_model(text_llama(tok, n_ctx=64), tokenizer=tok, verbose=False)
+    lens = logit_lens(m, "The cat sat  on the mat \n\tbecause", top_k=2)
+    rows = C.lens_records(lens)
+    inputs = [lens.str_tokens[0][p] for p in lens.positions]
+    assert {" ", " \n", "\t"} <= set(inputs)                             # precondition: whitespace input tokens
+    assert [r["label"] for r in rows] == [visible_whitespace(r["top1"]) for r in rows]
+    xs = list(dict.fromkeys(r["x"] for r in rows))
+    assert xs == [f"{p}: {visible_whitespace(t)}" for p, t in zip(lens.positions, inputs)] and "3: ␣" in xs
+    svg = C.lens_heatmap(lens).to_svg()
+    assert all(x in svg_texts(svg) for x in xs)                           # the x axis labels
+    import html
+    cells = [html.unescape(t) for t in re.findall(r'<text[^>]*aria-roledescription="text mark"[^>]*>([^<]*)</text>', svg)]
+    assert len(cells) == len(rows)                                        # one label per cell (long ones cut with …)
+    assert all(c == r["label"] or (c.endswith("…") and r["label"].startswith(c[:-1])) for c, r in zip(cells, rows))
+    assert all(c.strip() for c in cells)                                  # none blank
+    # the lens's own altair charts (deeplens.lens) label positions through the same mapping
+    assert {"3: ␣", "7: ␣↵", "8: ⇥"} <= {r["label"] for r in records(convergence_chart(lens))}
+
+def test_ig_chart_shows_whitespace():
+    from deeplens.attribution import IGResult
+    ig = IGResult([" ", "\n", " the"], torch.tensor([0.2, -0.1, 0.4]), 1.0, 0.5, 16, "zeros", "logit")
+    rows = records(ig.chart())
+    assert [r["label"] for r in rows] == ["0:␣", "1:↵", "2:␣the"] and [r["token"] for r in rows] == [" ", "\n", " the"]
 
 # ---------------------------------------------------------------- display and files
 

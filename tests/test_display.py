@@ -102,12 +102,20 @@ def test_extraction_heatmap(text_model):
     assert len(spans) == 2 * len(strs)                         # one cell per token, per hook
     for a, text in spans:
         r, p = int(a["data-row"]), int(a["data-pos"])
-        assert text == strs[p].replace("\n", "\\n") and float(a["data-value"]) == pytest.approx(float(ref[r, p]), rel=1e-4)
+        assert text == D.visible_whitespace(strs[p]) and float(a["data-value"]) == pytest.approx(float(ref[r, p]), rel=1e-4)
+        assert a["title"].startswith(f"{p}: {strs[p]!r} = ")                 # the raw token in the tooltip
     with D.use_widgets(True): b = ext._repr_mimebundle_()
     w = the_widget(b)
     assert isinstance(w, W.TokenHeatmap) and w.shape == [2, len(strs)] and w.row_labels == ext.hooks
     torch.testing.assert_close(torch.from_numpy(W.f32_array(w.values, w.shape).copy()), ref.float(), atol=1e-4, rtol=1e-5)
     with pytest.raises(ValueError, match="seq=3"): D.Extraction(["a", "b", "c"], {"h": torch.zeros(4, 2)})
+
+def test_static_heatmap_shows_whitespace():
+    toks = [" ", "\n", "\t", "  ", " the", "a<b"]
+    h = D.heatmap_html(toks, torch.arange(6.0))
+    spans = Elems(h).find("span", "dl-tok")
+    assert [t for _, t in spans] == ["␣", "↵", "⇥", "␣␣", "␣the", "a<b"]     # by hand; HTML-escaped in the source
+    assert "a&lt;b" in h and [a["title"].split(" = ")[0] for a, _ in spans] == [f"{p}: {t!r}" for p, t in enumerate(toks)]
 
 def test_store_summary_and_norm_histogram(store):
     b = store._repr_mimebundle_()
@@ -208,8 +216,7 @@ def test_lens_view_and_svg(text_model):
     assert b["image/svg+xml"] and b["text/plain"] == repr(lens)
     w = the_widget(b)
     assert isinstance(w, W.LogitLensView) and w.shape == [len(lens.layers), len(lens.positions)] == [lens.n_layers, len(lens.positions)]
-    vis = lambda s: s.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
-    assert w.top_tokens == [vis(lens.top_tokens[l][0][p][0]) for l in range(len(lens.layers)) for p in range(len(lens.positions))]
+    assert w.top_tokens == [lens.top_tokens[l][0][p][0] for l in range(len(lens.layers)) for p in range(len(lens.positions))]   # raw
 
 def test_chart_objects_and_one_registry(text_model):
     clean = tokens(batch=1, pos=5, seed=3); corr = clean.clone(); corr[:, 2] = (corr[:, 2] + 7) % 97

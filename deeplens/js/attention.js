@@ -1,12 +1,31 @@
 // deeplens AttentionView: layer and head pickers, a query x key attention pattern, head-score badges.
 // The selected layer's pattern ([n_heads, q, k]) arrives as a float32 binary buffer; picking another layer
-// sets the "layer" trait and Python sends that layer's pattern.
+// sets the "layer" trait and Python sends that layer's pattern. Rows are queries from position "query_start",
+// columns keys from position 0.
 
 function floats(v) {
   if (!v) return new Float32Array(0);
   if (v instanceof ArrayBuffer) return new Float32Array(v.slice(0));
   if (ArrayBuffer.isView(v)) return new Float32Array(v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength));
   return new Float32Array(0);
+}
+
+// Tokens are drawn with their whitespace visible, by the mapping of deeplens.display.visible_whitespace:
+// a space is ␣, a newline ↵, a tab ⇥, a carriage return ␍, any other invisible character (other spaces, control
+// and format characters) its \x / \u escape. tests/test_widgets.py checks this copy against the Python one.
+const GLYPHS = { " ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍" };
+const HIDDEN = /[\s\p{Cc}\p{Cf}]/u;
+
+function visible(s) {
+  let out = "";
+  for (const c of String(s)) {
+    if (Object.hasOwn(GLYPHS, c)) out += GLYPHS[c];
+    else if (HIDDEN.test(c)) {
+      const n = c.codePointAt(0), h = n.toString(16);
+      out += n < 0x100 ? "\\x" + h.padStart(2, "0") : n < 0x10000 ? "\\u" + h.padStart(4, "0") : "\\U" + h.padStart(8, "0");
+    } else out += c;
+  }
+  return out;
 }
 
 const SVG = "http://www.w3.org/2000/svg";   // XML namespace name, not a network import
@@ -80,27 +99,28 @@ function render({ model, el }) {
     const [H, Q, K] = model.get("shape");
     const pat = floats(model.get("pattern"));
     const toks = model.get("tokens");
+    const q0 = model.get("query_start");           // the position of query row 0
     const h = Math.min(model.get("head"), H - 1);
     const cell = Q > 40 ? 10 : 18, lab = 90;
     const w = lab + K * cell + 4, ht = lab + Q * cell + 4;
     const s = svg("svg", { width: w, height: ht, class: "dl-pattern" });
     for (let k = 0; k < K; k++) {
       const t = svg("text", { x: 0, y: 0, "font-size": 10, "font-family": "monospace",
-        transform: `translate(${lab + k * cell + cell * 0.7}, ${lab - 4}) rotate(-90)` });
-      t.textContent = toks[k];
+        transform: `translate(${lab + k * cell + cell * 0.7}, ${lab - 4}) rotate(-90)`, class: "dl-att-key" });
+      t.textContent = visible(toks[k]);
       s.appendChild(t);
     }
     for (let q = 0; q < Q; q++) {
       const t = svg("text", { x: lab - 4, y: lab + q * cell + cell * 0.75, "font-size": 10, "font-family": "monospace",
-        "text-anchor": "end" });
-      t.textContent = toks[q];
+        "text-anchor": "end", class: "dl-att-query" });
+      t.textContent = visible(toks[q0 + q]);
       s.appendChild(t);
       for (let k = 0; k < K; k++) {
         const v = pat[(h * Q + q) * K + k];
         const r = svg("rect", { x: lab + k * cell, y: lab + q * cell, width: cell - 1, height: cell - 1,
           fill: `rgba(200, 40, 40, ${Math.min(Math.max(v, 0), 1).toFixed(3)})`, stroke: "#eee", class: "dl-att-cell" });
         r.addEventListener("mouseenter", () => {
-          tip.textContent = `head ${h}: ${JSON.stringify(toks[q])} (${q}) attends to ${JSON.stringify(toks[k])} (${k}): ${v.toFixed(4)}`;
+          tip.textContent = `head ${h}: ${JSON.stringify(toks[q0 + q])} (${q0 + q}) attends to ${JSON.stringify(toks[k])} (${k}): ${v.toFixed(4)}`;
         });
         s.appendChild(r);
       }
@@ -114,6 +134,7 @@ function render({ model, el }) {
     ["change:layers", drawControls], ["change:n_heads", drawControls], ["change:title", drawControls],
     ["change:layer", drawControls], ["change:head", drawControls],
     ["change:pattern", drawPattern], ["change:shape", drawPattern], ["change:tokens", drawPattern], ["change:head", drawPattern],
+    ["change:query_start", drawPattern],
     ["change:scores", drawBadges], ["change:score_names", drawBadges], ["change:layer", drawBadges], ["change:head", drawBadges],
   ];
   for (const [e, f] of subs) model.on(e, f);

@@ -1,8 +1,9 @@
 // deeplens FeatureExplorer: one SAE feature at a time over an ActivationStore.
-// Picker (number box, arrows) and search box send custom messages ("select", "search") to Python, which fills
-// the traits: the feature's activation histogram and the density histogram of all features arrive as float32
-// binary buffers; the top activating examples as token rows plus a float32 [n_examples, width] buffer of the
-// feature's activation on each token (NaN: unknown); the top logit tokens as small lists.
+// Picker (number box: Enter or leaving it commits; arrows) and search box send custom messages ("select",
+// "search") to Python, which fills the traits: the feature's activation histogram and the density histogram of all
+// features arrive as float32 binary buffers; the top activating examples as token rows (raw tokens, drawn with
+// visible whitespace) plus a float32 [n_examples, width] buffer of the feature's activation on each token
+// (NaN: unknown); the top logit tokens as small lists.
 // Hand-written ES module, no dependencies, plain DOM and SVG.
 
 function floats(v) {
@@ -10,6 +11,24 @@ function floats(v) {
   if (v instanceof ArrayBuffer) return new Float32Array(v.slice(0));
   if (ArrayBuffer.isView(v)) return new Float32Array(v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength));
   return new Float32Array(0);
+}
+
+// Tokens are drawn with their whitespace visible, by the mapping of deeplens.display.visible_whitespace:
+// a space is ␣, a newline ↵, a tab ⇥, a carriage return ␍, any other invisible character (other spaces, control
+// and format characters) its \x / \u escape. tests/test_widgets.py checks this copy against the Python one.
+const GLYPHS = { " ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍" };
+const HIDDEN = /[\s\p{Cc}\p{Cf}]/u;
+
+function visible(s) {
+  let out = "";
+  for (const c of String(s)) {
+    if (Object.hasOwn(GLYPHS, c)) out += GLYPHS[c];
+    else if (HIDDEN.test(c)) {
+      const n = c.codePointAt(0), h = n.toString(16);
+      out += n < 0x100 ? "\\x" + h.padStart(2, "0") : n < 0x10000 ? "\\u" + h.padStart(4, "0") : "\\U" + h.padStart(8, "0");
+    } else out += c;
+  }
+  return out;
 }
 
 const SVG = "http://www.w3.org/2000/svg";   // XML namespace name, not a network import
@@ -98,12 +117,20 @@ function render({ model, el }) {
   el.appendChild(root);
 
   const select = (f) => { if (Number.isInteger(f)) model.send({ type: "select", feature: f }); };
+  // The number box commits on Enter (Chromium fires no "change" for Enter in a number box) and on "change"
+  // (leaving the box); `shown` is the number last committed or drawn, so one number is sent once.
+  let shown = "";
+  function commit() {
+    if (input.value === shown) return;
+    shown = input.value;
+    select(input.value.trim() === "" ? NaN : Number(input.value));
+  }
 
   function drawHeader() {
     const n = model.get("n_features");
     title.textContent = model.get("title");
     input.min = "0"; input.max = String(Math.max(n - 1, 0));
-    input.value = String(model.get("feature"));
+    input.value = shown = String(model.get("feature"));
     of.textContent = `of ${n}`;
     error.textContent = model.get("error");
   }
@@ -150,7 +177,7 @@ function render({ model, el }) {
         const s = document.createElement("span");
         s.className = "dl-fe-tok";
         const v = i < n && j < width ? acts[i * width + j] : NaN;
-        s.textContent = tok;
+        s.textContent = visible(tok);
         s.dataset.pos = String(j);
         let css = `background: ${colour(v, hi)}; border-radius: 2px;`;
         if (j === it.center) { s.dataset.center = "1"; css += " outline: 2px solid #d62828; font-weight: bold;"; }
@@ -184,7 +211,8 @@ function render({ model, el }) {
         b.style.cssText = `display: inline-block; height: 9px; width: ${Math.round((80 * Math.abs(it.value)) / (m || 1))}px; background: ${c};`;
         const t = document.createElement("span");
         t.style.cssText = "white-space: pre;";
-        t.textContent = `${JSON.stringify(it.token)} ${fmt(it.value)}`;
+        t.textContent = `${visible(it.token)} ${fmt(it.value)}`;
+        t.title = JSON.stringify(it.token);
         r.append(b, t);
         logits.appendChild(r);
       }
@@ -200,13 +228,14 @@ function render({ model, el }) {
     for (const it of items) {
       const r = div("dl-fe-result", "cursor: pointer; padding: 1px 2px; font-family: monospace;");
       r.textContent = `feature ${it.feature}${it.exact ? " ★" : ""}  density ${fmt(100 * it.density)}%  ` +
-        `[${it.sources.join(", ")}] ${it.tokens.slice(0, 5).map((s) => JSON.stringify(s)).join(" ")}`;
+        `[${it.sources.join(", ")}] ${it.tokens.slice(0, 5).map(visible).join(" ")}`;
       r.addEventListener("click", () => select(it.feature));
       results.appendChild(r);
     }
   }
 
-  input.addEventListener("change", () => select(Number(input.value)));
+  input.addEventListener("keydown", (ev) => { if (ev.key === "Enter") commit(); });
+  input.addEventListener("change", commit);
   prev.addEventListener("click", () => select(model.get("feature") - 1));
   next.addEventListener("click", () => select(model.get("feature") + 1));
   let timer = null;

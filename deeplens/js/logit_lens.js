@@ -9,6 +9,24 @@ function floats(v) {
   return new Float32Array(0);
 }
 
+// Tokens are drawn with their whitespace visible, by the mapping of deeplens.display.visible_whitespace:
+// a space is ␣, a newline ↵, a tab ⇥, a carriage return ␍, any other invisible character (other spaces, control
+// and format characters) its \x / \u escape. tests/test_widgets.py checks this copy against the Python one.
+const GLYPHS = { " ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍" };
+const HIDDEN = /[\s\p{Cc}\p{Cf}]/u;
+
+function visible(s) {
+  let out = "";
+  for (const c of String(s)) {
+    if (Object.hasOwn(GLYPHS, c)) out += GLYPHS[c];
+    else if (HIDDEN.test(c)) {
+      const n = c.codePointAt(0), h = n.toString(16);
+      out += n < 0x100 ? "\\x" + h.padStart(2, "0") : n < 0x10000 ? "\\u" + h.padStart(4, "0") : "\\U" + h.padStart(8, "0");
+    } else out += c;
+  }
+  return out;
+}
+
 function render({ model, el }) {
   const root = document.createElement("div");
   root.className = "dl-lens";
@@ -66,7 +84,8 @@ function render({ model, el }) {
     head.appendChild(corner);
     for (let j = 0; j < P; j++) {
       const th = document.createElement("th");
-      th.textContent = valid[j] ? inputs[j] : "<pad>";
+      th.className = "dl-lens-input";
+      th.textContent = valid[j] ? visible(inputs[j]) : "<pad>";
       th.title = `position ${positions[j]}`;
       th.style.cssText = "white-space: pre; padding: 2px 4px; border-bottom: 1px solid #999;";
       head.appendChild(th);
@@ -85,7 +104,7 @@ function render({ model, el }) {
         td.dataset.pos = String(j);
         const p = probs[i * P + j];
         if (valid[j]) {
-          td.textContent = top[i * P + j];
+          td.textContent = visible(top[i * P + j]);
           td.style.cssText = cellStyle(p);
           if (sel.length === 2 && sel[0] === i && sel[1] === j) td.style.outline = "2px solid #e06000";
           td.addEventListener("mouseenter", () => {
@@ -109,7 +128,7 @@ function render({ model, el }) {
     if (!items.length) { panel.textContent = "click a cell to list its top-k tokens"; return; }
     const h = document.createElement("div");
     h.style.cssText = "font-family: sans-serif; font-weight: bold; margin-bottom: 2px;";
-    h.textContent = `layer ${d.layer}, position ${d.position} (${JSON.stringify(d.input_token)}): ` +
+    h.textContent = `layer ${d.layer}, position ${d.position} (${visible(d.input_token)}): ` +
       `KL to final ${Number(d.kl).toFixed(3)} nats, final token rank ${d.final_rank}`;
     panel.appendChild(h);
     for (const it of items) {
@@ -120,7 +139,8 @@ function render({ model, el }) {
       b.style.cssText = `display: inline-block; height: 10px; width: ${Math.round(120 * it.prob)}px; background: #1e6edc;`;
       const t = document.createElement("span");
       t.style.cssText = "white-space: pre;";
-      t.textContent = `${JSON.stringify(it.token)} ${it.prob.toFixed(4)}`;
+      t.textContent = `${visible(it.token)} ${it.prob.toFixed(4)}`;
+      t.title = JSON.stringify(it.token);
       row.append(b, t);
       panel.appendChild(row);
     }

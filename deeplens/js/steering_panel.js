@@ -1,7 +1,8 @@
 // deeplens SteeringPanel: prompt box, feature / vector picker, coefficient slider; the model's greedy continuation
 // without and with steering side by side. Every change is sent to Python as one custom message
 // {type: "run", prompt, coefficient, feature, name}, debounced (300 ms), so dragging the slider runs the model once
-// when it stops; Python sets "busy" while it generates and then "baseline_text" / "steered_text".
+// when it stops; Python generates on a worker thread, sets "busy" meanwhile and then "baseline_text" /
+// "steered_text". A newer run, or the stop button ({type: "stop"}), cancels the running one at its next token.
 // Hand-written ES module, no dependencies, plain DOM.
 
 const DEBOUNCE_MS = 300;
@@ -36,11 +37,13 @@ function render({ model, el }) {
   value.style.cssText = "font-family: monospace; min-width: 4em;";
   const runBtn = document.createElement("button");
   runBtn.className = "dl-sp-run"; runBtn.textContent = "run";
+  const stopBtn = document.createElement("button");
+  stopBtn.className = "dl-sp-stop"; stopBtn.textContent = "stop";
   const busy = document.createElement("span");
   busy.className = "dl-sp-busy";
   busy.textContent = "⏳ generating…";
   busy.style.cssText = "color: #b36b00;";
-  controls.append(pickLabel, feature, names, coefLabel, slider, value, runBtn, busy);
+  controls.append(pickLabel, feature, names, coefLabel, slider, value, runBtn, busy, stopBtn);
   const hint = div("dl-sp-hint", "color: #555; font-family: monospace; margin-bottom: 4px; white-space: pre-wrap;");
   const error = div("dl-sp-error", "color: #b00020;");
   const cols = div("", "display: flex; gap: 12px; align-items: stretch;");
@@ -72,6 +75,15 @@ function render({ model, el }) {
     clearTimeout(timer);
     timer = setTimeout(send, DEBOUNCE_MS);
   }
+  // The feature box runs at once on Enter (Chromium fires no "change" for Enter in a number box) and, debounced,
+  // on "change" (leaving the box); `shownFeature` is the number last committed or drawn, so one number runs once.
+  let shownFeature = "";
+  function commitFeature(now) {
+    if (feature.value === shownFeature) return;
+    if (feature.value.trim() === "") { feature.value = shownFeature; return; }
+    shownFeature = feature.value;
+    if (now) send(); else schedule();
+  }
 
   function drawControls() {
     title.textContent = model.get("title");
@@ -79,7 +91,8 @@ function render({ model, el }) {
     pickLabel.textContent = isFeature ? "feature" : "vector";
     feature.style.display = isFeature ? "" : "none";
     feature.min = "0"; feature.max = String(Math.max(model.get("n_features") - 1, 0));
-    feature.value = String(model.get("feature"));
+    if (document.activeElement !== feature || feature.value === shownFeature)   // not under the user's typing
+      feature.value = shownFeature = String(model.get("feature"));
     const ns = model.get("names");
     names.style.display = !isFeature && ns.length > 1 ? "" : "none";
     if (!isFeature && ns.length <= 1) pickLabel.textContent = `vector ${JSON.stringify(ns[0] || "")}`;
@@ -134,6 +147,7 @@ function render({ model, el }) {
   function drawStatus() {
     const b = model.get("busy");
     busy.style.display = b ? "" : "none";
+    stopBtn.style.display = b ? "" : "none";
     busy.dataset.busy = b ? "1" : "0";
     root.dataset.busy = b ? "1" : "0";
     error.textContent = model.get("error");
@@ -141,13 +155,15 @@ function render({ model, el }) {
 
   slider.addEventListener("input", schedule);
   prompt.addEventListener("input", schedule);
-  feature.addEventListener("change", schedule);
+  feature.addEventListener("keydown", (ev) => { if (ev.key === "Enter") commitFeature(true); });
+  feature.addEventListener("change", () => commitFeature(false));
+  stopBtn.addEventListener("click", () => { clearTimeout(timer); timer = null; model.send({ type: "stop" }); });
   names.addEventListener("change", schedule);
   runBtn.addEventListener("click", send);
 
   const groups = [
     ["change:title change:kind change:n_features change:feature change:names change:name change:coef_min " +
-     "change:coef_max change:coef_step change:coefficient change:prompt change:hint", drawControls],
+     "change:coef_max change:coef_step change:coefficient change:prompt change:hint change:error", drawControls],
     ["change:baseline_text change:steered_text change:prompt change:coefficient change:runs", drawTexts],
     ["change:busy change:error", drawStatus],
   ];

@@ -8,6 +8,24 @@ function floats(v) {
   return new Float32Array(0);
 }
 
+// Tokens are drawn with their whitespace visible, by the mapping of deeplens.display.visible_whitespace:
+// a space is ␣, a newline ↵, a tab ⇥, a carriage return ␍, any other invisible character (other spaces, control
+// and format characters) its \x / \u escape. tests/test_widgets.py checks this copy against the Python one.
+const GLYPHS = { " ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍" };
+const HIDDEN = /[\s\p{Cc}\p{Cf}]/u;
+
+function visible(s) {
+  let out = "";
+  for (const c of String(s)) {
+    if (Object.hasOwn(GLYPHS, c)) out += GLYPHS[c];
+    else if (HIDDEN.test(c)) {
+      const n = c.codePointAt(0), h = n.toString(16);
+      out += n < 0x100 ? "\\x" + h.padStart(2, "0") : n < 0x10000 ? "\\u" + h.padStart(4, "0") : "\\U" + h.padStart(8, "0");
+    } else out += c;
+  }
+  return out;
+}
+
 function colour(v, lo, hi) {
   if (!Number.isFinite(v)) return "transparent";
   if (lo < 0 && hi > 0) {                      // diverging: blue below zero, red above
@@ -66,7 +84,7 @@ function render({ model, el }) {
       const s = document.createElement("span");
       s.className = "dl-token";
       s.dataset.pos = String(p);
-      s.textContent = tokens[p];
+      s.textContent = visible(tokens[p]);
       s.style.cssText = `background: ${colour(v, lo, hi)}; border-radius: 2px; padding: 1px 0; cursor: pointer;`;
       s.addEventListener("mouseenter", () => {
         s.style.outline = "1px solid #333";
