@@ -193,6 +193,38 @@ def test_steer_against_manual_hooks(tiny):
     with st: g2 = tiny.generate(ids[0], max_new_tokens=5)
     assert g1 == g2
 
+def hook_count(hf):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in hf.modules())
+
+def test_nonfinite_alphas_and_activations_are_refused(tiny):
+    "Issue 16 fault injection: steer_features({3: nan}) generated a silently truncated text; nan/inf alphas are refused."
+    hook = "blocks.1.hook_resid_post"
+    sae = rand_sae(32, hook)
+    iv = InterveneFeatures(sae)
+    x = torch.randn(5, 32)
+    n0 = hook_count(tiny.hf)
+    for a in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match=f"alpha for feature 3 is {a}; alphas must be finite"): iv.intervene_feature(x, 3, a)
+        with pytest.raises(ValueError, match=f"alpha for feature 3 is {a}"): steer_features(tiny, sae, {3: a}, mode="add")
+    with pytest.raises(ValueError, match="alpha for feature 7 is nan"): iv.intervene_feature(x, [2, 7], [1.0, float("nan")])
+    with pytest.raises(ValueError, match="alpha for feature 7 is nan"): iv.intervene_feature(x, [2, 7], torch.tensor([1.0, float("nan")]))
+    with pytest.raises(TypeError, match="alpha must be a number"): iv.intervene_feature(x, 3, "2")
+    assert hook_count(tiny.hf) == n0
+    re = ReinjectSingleSample(tiny)
+    acts = ExtractSingleSample(tiny, layer=1).get_resid_acts(TEXT)
+    acts[2, 5] = float("nan")
+    for gen in (False, True):
+        with pytest.raises(ValueError, match="modified_activations has 1 non-finite values"):
+            re.reinject_and_generate(TEXT, acts, 1, hook="hook_resid_post", generate=gen)
+    # an SAE whose weights went nan: generate names the steering hook instead of returning a truncated text
+    with torch.no_grad(): sae.W_dec[3] = float("nan")
+    st = steer_features(tiny, sae, {3: 2.0}, mode="add")
+    with pytest.raises(ValueError, match=r"fwd_hooks\[0\] \(FeatureSteering.hook_fn\) at blocks.1.hook_resid_post"):
+        tiny.generate(TEXT, max_new_tokens=4, fwd_hooks=st.fwd_hooks)
+    with pytest.raises(ValueError, match="not finite"):
+        with st: tiny.generate(TEXT, max_new_tokens=4)
+    assert hook_count(tiny.hf) == n0
+
 @pytest.fixture(scope="module")
 def real():
     "The default model and a TopK SAE trained for a few seconds on its last block's residual stream."

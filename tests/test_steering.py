@@ -158,6 +158,39 @@ def test_sweep_raises_target_monotonically(smol):
     assert list(df.coefficient) == coefs and df.shape[0] == 5
     assert r.chart().to_dict()["hconcat"]
 
+# --- non-finite values (issue 16, fault injection: nan steering generated a silently truncated text) -----------
+
+NAN, INF = float("nan"), float("inf")
+
+def test_nonfinite_coefficients_and_vectors_are_refused(smol, tiny):
+    n0 = hook_count(smol.hf)
+    sv = SteeringVector.from_contrast(smol, POS[:2], NEG[:2], layer=10)
+    for c in (NAN, INF, -INF):
+        with pytest.raises(ValueError, match="coefficient must be a finite number"):
+            generate_with_steering(smol, "The quick brown", sv, coefficient=c, max_new_tokens=5)
+        with pytest.raises(ValueError, match="coef must be a finite number"): sv.hook(c)
+        with pytest.raises(ValueError, match="coef must be a finite number"):
+            with sv.applied(smol, c): pass
+    with pytest.raises(ValueError, match=r"coefficients\[1\] must be a finite number"):
+        evaluate_steering(smol, sv, [0, NAN], PROMPTS, [" happy"])
+    with pytest.raises(TypeError, match="coefficient must be a number"): generate_with_steering(smol, "Hi", sv, coefficient="2")
+    for bad in (torch.full((smol.cfg.d_model,), NAN), torch.tensor([1.0, INF] * (smol.cfg.d_model // 2))):
+        with pytest.raises(ValueError, match="non-finite values"): SteeringVector(bad, layer=3)
+    with pytest.raises(ValueError, match="2 non-finite values"): SteeringVector(torch.tensor([[NAN, 1.0], [0.0, -INF]]), layer=0)
+    # a vector edited after it was built is checked again when it is applied
+    sv.vector[5] = NAN
+    with pytest.raises(ValueError, match="1 non-finite values"):
+        generate_with_steering(smol, "The quick brown", sv, coefficient=1.0, max_new_tokens=5)
+    assert hook_count(smol.hf) == n0
+
+def test_overflowing_coefficient_is_named_by_generate(smol):
+    "A finite but huge coefficient overflows: generate raises naming the steering hook instead of truncating the text."
+    sv = SteeringVector.from_contrast(smol, POS[:2], NEG[:2], layer=10)
+    n0 = hook_count(smol.hf)
+    with pytest.raises(ValueError, match=r"not finite.*fwd_hooks\[0\] \(SteeringHook\) at blocks.10.hook_resid_pre"):
+        generate_with_steering(smol, "The quick brown", sv, coefficient=1e38, max_new_tokens=5)
+    assert hook_count(smol.hf) == n0
+
 # --- errors -------------------------------------------------------------------------------------------------
 
 def test_errors(smol, tiny):
