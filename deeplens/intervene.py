@@ -5,7 +5,7 @@ that stays active during generation."""
 
 # %% ../nbs/31_intervene.ipynb #5171b77c
 from __future__ import annotations
-import contextlib, operator, os, warnings
+import contextlib, math, operator, os, warnings
 import torch
 from .model import HookedModel
 from .sae import SparseAutoencoder
@@ -34,11 +34,18 @@ def _features_alphas(sae: SparseAutoencoder, feature, alpha) -> tuple[list[int],
         feats.append(f)
     if not feats: raise ValueError("give at least one feature")
     if len(set(feats)) != len(feats): raise ValueError(f"feature indices repeat: {feats}; give each feature once")
-    alphas = [float(a) for a in _as_list(alpha)]
+    alphas = [_alpha(a) for a in _as_list(alpha)]
     if len(alphas) == 1: alphas = alphas * len(feats)
     if len(alphas) != len(feats):
         raise ValueError(f"got {len(feats)} features but {len(alphas)} alphas; give one alpha, or one per feature")
+    for f, a in zip(feats, alphas):   # nan/inf would turn the edited activation, and all that reads it, into nan
+        if not math.isfinite(a): raise ValueError(f"alpha for feature {f} is {a}; alphas must be finite numbers")
     return feats, alphas
+
+def _alpha(a) -> float:
+    if isinstance(a, (bool, str)): raise TypeError(f"alpha must be a number, got {type(a).__name__} {a!r}")
+    try: return float(a)
+    except (TypeError, ValueError): raise TypeError(f"alpha must be a number, got {type(a).__name__}") from None
 
 def _edit_codes(z: torch.Tensor, feats: list[int], alphas: list[float], mode: str) -> torch.Tensor:
     "The edited columns `z′[..., feats]` of codes `z` (only those columns: `[..., len(feats)]`)."
@@ -206,6 +213,9 @@ class ReinjectSingleSample:
         if not isinstance(modified_activations, torch.Tensor):
             raise TypeError(f"modified_activations must be a tensor, got {type(modified_activations).__name__}")
         v = modified_activations.detach()
+        bad = int((~torch.isfinite(v)).sum()) if v.is_floating_point() else 0
+        if bad: raise ValueError(f"modified_activations has {bad} non-finite values (nan or inf); the model would "
+                                 "compute nan from them: check the edit that produced them")
         if v.ndim >= 2 and v.shape[0] == 1 and v.shape[1] == len(ids) and len(ids) != 1: v = v[0]
         if v.ndim < 2 or v.shape[0] != len(ids):
             raise ValueError(f"modified_activations has shape {tuple(modified_activations.shape)} but the text has "

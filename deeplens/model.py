@@ -486,11 +486,13 @@ HookedModel.run_with_cache = run_with_cache
 # %% ../nbs/03_model.ipynb #5042bd2e
 def generate(self: HookedModel, prompt, max_new_tokens: int = 20, fwd_hooks=(), *, do_sample: bool = False,
              return_type: str = "str", prepend_bos=None, **hf_generate_kwargs):
-    "Generate continuations with hooks active; returns text (or token ids with return_type='tokens')."
+    """Generate continuations with hooks active; returns text (or token ids with return_type='tokens').
+    Logits that turn nan/inf raise a ValueError naming the hook whose output went non-finite first."""
     if return_type not in ("str", "tokens"): raise ValueError("return_type must be 'str' or 'tokens'")
     ids, mask = _encode(self, prompt, prepend_bos, padding_side="left")
     pad = self.tokenizer.pad_token_id if self.tokenizer is not None else None
-    with self.hooks(fwd_hooks), torch.no_grad():
+    watch = _LogitsWatch(self.hf, fwd_hooks, max_new_tokens)
+    with self.hooks(watch.fwd_hooks), watch, torch.no_grad():
         out = self.hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                do_sample=do_sample, pad_token_id=pad, **hf_generate_kwargs)
     if return_type == "tokens": return out
@@ -498,6 +500,78 @@ def generate(self: HookedModel, prompt, max_new_tokens: int = 20, fwd_hooks=(), 
     return texts[0] if isinstance(prompt, str) or (isinstance(prompt, torch.Tensor) and prompt.ndim == 1) else texts
 
 HookedModel.generate = generate
+
+# %% ../nbs/03_model.ipynb #b3f09d61
+import math
+
+_KEEP = 1 << 20   # hook outputs up to this many elements are noted by reference; bigger ones are probed on the spot
+
+def _fn_name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+def _finite(t: torch.Tensor, dtype) -> bool:
+    return bool(torch.isfinite(t.to(dtype)).all())
+
+class _LogitsWatch:
+    "Raises when a generation's logits turn nan/inf, naming the first `fwd_hooks` entry whose output did."
+    def __init__(self, hf, fwd_hooks, max_new_tokens):
+        self.hf, self.max_new, self.notes, self.probe, self.step, self.handles = hf, max_new_tokens, [], None, 0, []
+        hooks = list(fwd_hooks or ())
+        try: self.fwd_hooks = [(spec, self._noted(i, fn) if callable(fn) else fn) for i, (spec, fn) in enumerate(hooks)]
+        except (TypeError, ValueError): self.fwd_hooks = hooks     # malformed: model.hooks() raises its clear error
+
+    def _noted(self, i: int, fn):
+        "`fn`, noting (index, fn, site, dtype, what it returned, whether it returned a new tensor) on each call."
+        def noted(act, hook):
+            new = fn(act, hook)
+            out = act if new is None else new
+            if isinstance(out, torch.Tensor):
+                if out.numel() > _KEEP: out = out.to(act.dtype).mul(0).sum()   # 0 or nan, as the logits probe
+                self.notes.append((i, fn, hook.name, act.dtype, out, new is not None and new is not act))
+            return new
+        return noted
+
+    def __enter__(self):
+        self.handles = [self.hf.register_forward_pre_hook(self._before), self.hf.register_forward_hook(self._after)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles: h.remove()
+        self._check()      # the last forward; also explains an error its logits caused (sampling from nan)
+
+    def _before(self, mod, args):
+        self._check()
+        self.notes.clear()
+
+    def _after(self, mod, args, out):
+        logits = getattr(out, "logits", None)
+        if isinstance(logits, torch.Tensor): self.probe = logits[:, -1].mul(0).sum()   # 0 if all finite, else nan
+        self.step += 1
+
+    def _check(self):
+        p, self.probe = self.probe, None
+        if p is not None and not math.isfinite(float(p)): raise ValueError(self._message())
+
+    def _message(self) -> str:
+        head = f"generate: the logits for new token {self.step} (of at most {self.max_new}) are not finite (nan or inf)"
+        outside = "a hook attached outside this call (by model.hooks(), add_hook() or a steering context)"
+        for i, fn, site, dtype, out, wrote in self.notes:
+            if _finite(out, dtype): continue
+            who = f"fwd_hooks[{i}] ({_fn_name(fn)}) at {site}"
+            if wrote:
+                return (f"{head}. The first hook output that was not finite is what {who} returned: check the values it "
+                        "writes (a nan/inf coefficient or vector, a division by zero, an overflow).")
+            return (f"{head}. The first hook to see non-finite values is {who}, which returned its input: it wrote "
+                    f"them in place, or they came from upstream: from the model, or from {outside}.")
+        if not self.fwd_hooks:
+            return f"{head}, and no hook was passed to generate: {outside} or the model itself (e.g. a float16 overflow) produced them."
+        kept = [(float(out.abs().max()), i, fn, site) for i, fn, site, _, out, _ in self.notes if out.ndim]
+        big = ""
+        if kept:
+            m, i, fn, site = max(kept, key=lambda k: k[0])
+            big = f" (the largest magnitude, {m:.3g}, from fwd_hooks[{i}] ({_fn_name(fn)}) at {site})"
+        return (f"{head}, though every hook passed to generate returned finite values{big}: what they wrote overflowed "
+                f"further on (try a smaller coefficient), or {outside} or the model itself produced them.")
 
 # %% ../nbs/03_model.ipynb #44b14c62
 def _xw(mod) -> torch.Tensor:

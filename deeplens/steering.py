@@ -4,7 +4,7 @@
 
 # %% ../nbs/42_steering.ipynb #c2246d1e
 from __future__ import annotations
-import contextlib, json, os
+import contextlib, json, math, os
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -22,6 +22,20 @@ def _check_layer(model: HookedModel, layer) -> int:
         raise TypeError(f"layer must be an int in 0..{n - 1}, got {type(layer).__name__}")
     if not 0 <= layer < n: raise ValueError(f"layer {layer} is out of range; this model has layers 0..{n - 1}")
     return layer
+
+def _coefficient(c, what: str) -> float:
+    "`c` as a float; a nan or inf coefficient would make every later activation nan, so it is refused here."
+    if isinstance(c, (bool, str)): raise TypeError(f"{what} must be a number, got {type(c).__name__} {c!r}")
+    try: v = float(c)
+    except (TypeError, ValueError, RuntimeError): raise TypeError(f"{what} must be a number, got {type(c).__name__}") from None
+    if not math.isfinite(v): raise ValueError(f"{what} must be a finite number, got {v}")
+    return v
+
+def _check_finite(v: torch.Tensor):
+    bad = int((~torch.isfinite(v)).sum())
+    if bad: raise ValueError(f"the steering vector has {bad} non-finite values (nan or inf) out of {v.numel()}; "
+                             "build it from finite activations (a vector from from_contrast/from_prompts is non-finite "
+                             "only if the model's residuals were)")
 
 def default_layer(model: HookedModel) -> int:
     "The layer steering uses when none is given: about a third of the way into the model."
@@ -55,6 +69,7 @@ class SteeringVector:
         if not isinstance(self.vector, torch.Tensor): raise TypeError("vector must be a torch.Tensor")
         if self.vector.ndim not in (1, 2): raise ValueError(f"vector must be [d_model] or [n_pos, d_model], got shape {tuple(self.vector.shape)}")
         if self.site not in _SITES: raise ValueError(f"site must be one of {_SITES}, got {self.site!r}")
+        _check_finite(self.vector)
         self.vector = self.vector.detach()
 
     @property
@@ -128,7 +143,8 @@ class SteeringHook:
             raise ValueError("an ActAdd vector ([n_pos, d_model]) is always added at the first n_pos positions; use positions='all'")
         if not (positions in ("all", "new") or (isinstance(positions, int) and not isinstance(positions, bool) and positions >= 0)):
             raise ValueError(f"positions must be 'all', 'new' or a non-negative int n (the first n positions), got {positions!r}")
-        self.vector, self.coef, self.positions, self.prompt_len = vector, float(coef), positions, prompt_len
+        _check_finite(vector)          # again here: a vector's values can change after it was built
+        self.vector, self.coef, self.positions, self.prompt_len = vector, _coefficient(coef, "coef"), positions, prompt_len
         self._offset, self._prompt = None, prompt_len
 
     def reset(self): self._offset, self._prompt = None, self.prompt_len
@@ -177,7 +193,7 @@ def generate_with_steering(model: HookedModel, prompt, vector: SteeringVector, c
     "Generate from `prompt` (str or list of str) with `coefficient · vector` added at `vector.hook_name`."
     if not isinstance(vector, SteeringVector): raise TypeError(f"vector must be a SteeringVector, got {type(vector).__name__}")
     vector._check(model)
-    name, fn = vector.hook(coefficient, positions)
+    name, fn = vector.hook(_coefficient(coefficient, "coefficient"), positions)
     return model.generate(prompt, max_new_tokens=max_new_tokens, fwd_hooks=[(name, fn)], **generate_kwargs)
 
 # %% ../nbs/42_steering.ipynb #f3aaa8e3
@@ -283,7 +299,8 @@ def evaluate_steering(model: HookedModel, vector: SteeringVector, coefficients, 
     prompts = _texts(prompts, "prompts")
     neutral = _texts(neutral_texts, "neutral_texts") if neutral_texts is not None else None
     ids = _target_ids(model, target_tokens)
-    coefs = [float(c) for c in (coefficients if hasattr(coefficients, "__iter__") else [coefficients])]
+    coefs = [_coefficient(c, f"coefficients[{i}]") for i, c in
+             enumerate(coefficients if hasattr(coefficients, "__iter__") else [coefficients])]
     if not coefs: raise ValueError("coefficients must hold at least one number")
     if positions == "new": raise ValueError("evaluate_steering runs single forwards, where no position is 'new'; use 'all' or an int n")
     base = _last_probs(model, prompts, ids, [])                 # coefficient 0 reuses the unhooked baseline
