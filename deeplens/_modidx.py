@@ -324,6 +324,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'deeplens.corpus.Corpus.__repr__': ('corpus.html#corpus.__repr__', 'deeplens/corpus.py'),
                                  'deeplens.corpus.Corpus.take': ('corpus.html#corpus.take', 'deeplens/corpus.py'),
                                  'deeplens.corpus._checked': ('corpus.html#_checked', 'deeplens/corpus.py'),
+                                 'deeplens.corpus._decoded': ('corpus.html#_decoded', 'deeplens/corpus.py'),
                                  'deeplens.corpus._docstrings': ('corpus.html#_docstrings', 'deeplens/corpus.py'),
                                  'deeplens.corpus._from_hf': ('corpus.html#_from_hf', 'deeplens/corpus.py'),
                                  'deeplens.corpus._from_iterable': ('corpus.html#_from_iterable', 'deeplens/corpus.py'),
