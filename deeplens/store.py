@@ -5,7 +5,8 @@ resumable, scalable with `torchrun`, read back memory-mapped and shuffled."""
 
 # %% ../nbs/11_store.ipynb #85ae4232
 from __future__ import annotations
-import hashlib, itertools, json, os, queue, shutil, threading, warnings, zlib
+import hashlib, itertools, json, os, queue, shutil, socket, threading, time, uuid, warnings, zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from collections import OrderedDict
 from pathlib import Path
@@ -20,7 +21,7 @@ from .hooks import layer_of
 from .model import HookedModel, load_model
 
 # %% auto #0
-__all__ = ['pack', 'plan', 'CorruptShard', 'model_fingerprint', 'NonFiniteActivations', 'ActivationStore']
+__all__ = ['pack', 'plan', 'CorruptShard', 'model_fingerprint', 'NonFiniteActivations', 'ActivationStore', 'StoreLocked']
 
 # %% ../nbs/11_store.ipynb #1687b7fb
 @dataclass
@@ -398,13 +399,14 @@ def _dist_env(rank, world_size) -> tuple[int, int]:
     return rank, world_size
 
 # %% ../nbs/11_store.ipynb #f9896bb2
+_LOCK = "build.lock"
 _OWN = ("meta.json", "tokenizer", "acts-", "tokens-", "rank-")
 
 def _existing(out: Path, ident: dict, rank: int, world: int, resume: bool, overwrite: bool) -> tuple[list, bool]:
     "→ (this rank's intact complete shards to keep, whether the old store files must be cleared before writing)."
     if not out.exists(): return [], False
     if not out.is_dir(): raise ValueError(f"out_dir {out} exists and is not a directory")
-    entries = [p.name for p in out.iterdir()]
+    entries = [p.name for p in out.iterdir() if p.name != _LOCK]
     foreign = sorted(e for e in entries if not e.startswith(_OWN))
     if foreign:
         raise ValueError(f"out_dir {out} holds files that are not part of an ActivationStore ({', '.join(foreign[:5])}); "
@@ -444,9 +446,102 @@ def _clear(out: Path, rank: int, world: int):
     "Remove the old store files this rank owns (rank 0: all but the directories of other live ranks)."
     mine = _rank_dir(out, rank, world)
     for p in list(out.iterdir()) if out.exists() else []:
+        if p.name == _LOCK: continue
         live = p.name.startswith("rank-") and p.name[5:].isdigit() and int(p.name[5:]) < world
         if (p == mine and world > 1) or (rank == 0 and not live):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+# %% ../nbs/11_store.ipynb #5e7b9c3f
+try: import fcntl
+except ImportError: fcntl = None            # Windows: the lock file alone, no kernel lock
+
+class StoreLocked(RuntimeError):
+    "Another build is writing into this `out_dir`; the message names it."
+
+def _build_id(world: int) -> str:
+    "What the processes of one build share and no other build has: torchrun's run id and address, else a fresh id."
+    e = os.environ
+    if world == 1: return uuid.uuid4().hex
+    if "MASTER_PORT" in e: return f"torchrun {e.get('TORCHELASTIC_RUN_ID', '')}@{e.get('MASTER_ADDR', '')}:{e['MASTER_PORT']}"
+    return f"ranks of world size {world}"
+
+def _describe(owner: dict) -> str:
+    return (f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')}, started {owner.get('started', '?')}, "
+            f"build id {owner.get('build', '?')!r}")
+
+def _owner(path: Path, wait: float = 5.0) -> dict | None:
+    "Who holds the lock at `path` (None: released meanwhile); waits for a lock just created to get its content."
+    t0 = time.monotonic()
+    while True:
+        try: text = path.read_text()
+        except FileNotFoundError: return None
+        try: return json.loads(text)
+        except json.JSONDecodeError:
+            if time.monotonic() - t0 > wait: return {}            # its creator died before writing it
+            time.sleep(0.05)
+
+def _flock(fd: int, block: bool) -> bool:
+    "Take the kernel lock on `fd` → False if another process holds it (True where the OS or file system has none)."
+    if fcntl is None: return True
+    try: fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except BlockingIOError: return False
+    except OSError: pass                                            # no flock on this file system
+    return True
+
+def _owner_gone(owner: dict) -> bool:
+    "The owner ran on this host and its process no longer exists (POSIX; elsewhere we cannot tell)."
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int) or os.name != "posix": return False
+    try: os.kill(owner["pid"], 0)
+    except ProcessLookupError: return True
+    except PermissionError: return False
+    return False
+
+def _take_over(path: Path, owner: dict) -> bool:
+    "If `owner` is gone, remove its lock (under its kernel lock, so two newcomers cannot both do it) → whether to retry."
+    if not _owner_gone(owner): return False
+    try: fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError: return True
+    try:
+        if not _flock(fd, block=False): return True                       # a live process holds it: look again
+        if os.fstat(fd).st_ino != os.stat(path).st_ino or json.loads(os.pread(fd, 1 << 16, 0) or b"{}") != owner:
+            return True                                                    # replaced meanwhile: look again
+        path.unlink()
+    except (FileNotFoundError, json.JSONDecodeError): return True
+    finally: os.close(fd)
+    warnings.warn(f"{path.parent}: took over the lock of a build that is no longer running ({_describe(owner)})", stacklevel=6)
+    return True
+
+def _acquire(path: Path, me: dict, tries: int = 100) -> int | None:
+    "Create and hold the lock file (→ its descriptor), or join the build that holds it (→ None)."
+    for _ in range(tries):
+        try: fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        except FileExistsError:
+            owner = _owner(path)
+            if owner is None or (owner.get("build") != me["build"] and _take_over(path, owner)): continue
+            if owner.get("build") == me["build"]: return None
+            raise StoreLocked(f"{path.parent} is being written by another build ({_describe(owner)}). Wait for it, or "
+                              "choose another out_dir. If no such build is running any more (it ran on another host, or "
+                              f"was killed there), delete {path} and try again.") from None
+        _flock(fd, block=True)
+        os.write(fd, json.dumps(me).encode()); os.fsync(fd)
+        return fd
+    raise StoreLocked(f"could not take the lock {path}: it kept changing hands")
+
+@contextmanager
+def _build_lock(out: Path, world: int):
+    "Hold `out/build.lock` for a build (joined by the other ranks of a torchrun build); remove the directories it made if they stay empty."
+    if out.exists() and not out.is_dir(): raise ValueError(f"out_dir {out} exists and is not a directory")
+    new = [d for d in (out, *out.parents) if not d.exists()]          # the directories this build creates
+    out.mkdir(parents=True, exist_ok=True)
+    me = dict(build=_build_id(world), host=socket.gethostname(), pid=os.getpid(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    fd = _acquire(out / _LOCK, me)
+    try: yield
+    finally:
+        if fd is not None:
+            (out / _LOCK).unlink(missing_ok=True); os.close(fd)
+        for d in new:                                                     # those it left empty
+            try: d.rmdir()
+            except OSError: break
 
 # %% ../nbs/11_store.ipynb #7cdfeb5b
 def _check_corpus(contexts: Iterator[_Ctx], done: list[dict], docs: Corpus) -> None:
@@ -477,107 +572,108 @@ def _build(cls, model, corpus, hooks, n_tokens, out_dir, *, context_size=128, ba
         exclude_special_tokens=exclude_special_tokens, n_tokens_requested=n_tokens, corpus=docs.description,
         world_size=world, tokenizer=dict(name_or_path=str(getattr(tok, "name_or_path", "")), vocab_size=len(tok),
                                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    done, clear = _existing(out, ident, rank, world, resume, overwrite)
-    old = _read_json(out / "meta.json") if done else None
-    if world == 1 and old and old.get("complete") and len(done) == len(old["shards"]):     # complete and intact: reuse
-        _check_corpus(plan(pack(docs, tok, S, prepend_bos), n_tokens, _special_ids(tok), exclude_special_tokens), done[:1], docs)
-        return cls(out)
+    with _build_lock(out, world):
+        done, clear = _existing(out, ident, rank, world, resume, overwrite)
+        old = _read_json(out / "meta.json") if done else None
+        if world == 1 and old and old.get("complete") and len(done) == len(old["shards"]):     # complete and intact: reuse
+            _check_corpus(plan(pack(docs, tok, S, prepend_bos), n_tokens, _special_ids(tok), exclude_special_tokens), done[:1], docs)
+            return cls(out)
 
-    # the probe: row shape of every hook, hence the shard size
-    st = _Capture(m, names, tdt)
-    stop = _stop_layer(m, names)
-    kw = {"use_cache": False} if "use_cache" in m._fwd_params else {}
-    if stop is None and "hook_logits" not in names and "logits_to_keep" in m._fwd_params: kw["logits_to_keep"] = 1
-    st.probe = True
-    with torch.no_grad(), m.hooks([(h, st.hook(h)) for h in names]):
-        m(torch.full((1, S), tok.bos_token_id or 0), return_type=None, stop_at_layer=stop, **kw)
-    st.probe = False
-    widths = {h: int(np.prod(st.shapes[h])) for h in names}
-    row_bytes = sum(widths.values()) * tdt.itemsize
-    cps = (old or {}).get("contexts_per_shard") or max(1, min(shard_rows, (512 << 20) // row_bytes) // S)
-    ident.update(widths=widths, shapes={h: st.shapes[h] for h in names}, contexts_per_shard=cps)
-
-    # corpus → contexts → rows: the same on every rank and in every run
-    box = {}
-    stream = _prefetch(plan(pack(docs, tok, S, prepend_bos), n_tokens, _special_ids(tok), exclude_special_tokens, box),
-                       size=max(64, 4 * batch_size))
-    mine = (c for c in stream if c.index % world == rank)
-    first = next(mine, None)
-    if first is None and box["contexts"] == 0:
-        raise ValueError(f"the corpus {docs.description['source']!r} gave no full context of {S} tokens "
-                         "(it is empty or too short); use more text or a smaller context_size.")
-    mine = itertools.chain([first] if first is not None else [], mine)
-    _check_corpus(mine, done, docs)                                  # consumes the contexts of the complete shards
-
-    shards, state = list(done), {"started": False}
-    st.allocate(cps * S)
-    bar = tqdm(total=n_tokens if world == 1 else None, initial=sum(s["rows"] for s in done), unit="tok", unit_scale=True,
-               disable=not progress or rank != 0, desc=f"extract {len(names)} hook{'s' * (len(names) > 1)} → {out.name}")
-
-    def write_meta(complete: bool):
-        meta = dict(ident, complete=complete)
-        if complete: meta.update(n_tokens=box["rows"], n_contexts=box["contexts"], corpus_exhausted=box["exhausted"])
-        if world == 1: meta["shards"] = shards
-        _write_json(out / "meta.json", meta)
-
-    def write_progress(complete: bool):
-        if world == 1: return write_meta(complete)
-        _write_json(rdir / "progress.json", dict(ident, rank=rank, shards=shards, complete=complete))
-        if rank == 0 and (complete or not (out / "meta.json").exists()): write_meta(complete)
-
-    def start():
-        "First write of this run: clear an overwritten store, create the directory, save the tokenizer."
-        if clear: _clear(out, rank, world)
-        rdir.mkdir(parents=True, exist_ok=True)
-        for p in rdir.glob("*.tmp"): shutil.rmtree(p) if p.is_dir() else p.unlink()
-        if rank == 0 and not (out / "tokenizer").exists():
-            tmp = out / "tokenizer.tmp"
-            shutil.rmtree(tmp, ignore_errors=True); tok.save_pretrained(str(tmp))
-            for f in tmp.iterdir(): _fsync(f)
-            os.replace(tmp, out / "tokenizer")
-        for d in {out.parent, out, rdir}: _fsync(d)
-        state["started"] = True
-
-    def flush(ctxs: list[_Ctx]):
-        if not state["started"]: start()
-        k, n = len(shards), st.fill
-        files = {_acts_name(h, k): _save(rdir / _acts_name(h, k), {"acts": st.bufs[h][:n]}) for h in names}
-        keep = np.stack([c.keep for c in ctxs])
-        files[_tokens_name(k)] = _save(rdir / _tokens_name(k), {
-            "tokens": torch.from_numpy(np.stack([c.ids for c in ctxs]).astype(np.int32)),
-            "doc": torch.from_numpy(np.stack([c.doc for c in ctxs])),
-            "doc_pos": torch.from_numpy(np.stack([c.pos for c in ctxs])),
-            "keep": torch.from_numpy(keep),
-            "context": torch.tensor([c.index for c in ctxs], dtype=torch.int64),
-            "context_rows": torch.from_numpy(keep.sum(1).astype(np.int32)),
-            "row_pos": torch.from_numpy(np.nonzero(keep)[1].astype(np.int32))})
-        shards.append({"contexts": len(ctxs), "rows": n, "contexts_digest": _contexts_digest(ctxs), "files": files})
-        write_progress(False)
-        st.fill = 0
-
-    rdir = _rank_dir(out, rank, world)
-    pending: list[_Ctx] = []
-    try:
+        # the probe: row shape of every hook, hence the shard size
+        st = _Capture(m, names, tdt)
+        stop = _stop_layer(m, names)
+        kw = {"use_cache": False} if "use_cache" in m._fwd_params else {}
+        if stop is None and "hook_logits" not in names and "logits_to_keep" in m._fwd_params: kw["logits_to_keep"] = 1
+        st.probe = True
         with torch.no_grad(), m.hooks([(h, st.hook(h)) for h in names]):
-            while batch := list(itertools.islice(mine, min(batch_size, cps - len(pending)))):
-                keep = np.stack([c.keep for c in batch])
-                st.keep, st.all_keep = torch.from_numpy(keep).to(m.device), bool(keep.all())
-                st.row_of = _row_locator(batch, keep)
-                st.fired.clear()
-                m(torch.from_numpy(np.stack([c.ids for c in batch])), return_type=None, stop_at_layer=stop, **kw)
-                if st.fired != set(names):
-                    raise RuntimeError(f"hooks {sorted(set(names) - st.fired)} did not fire during the forward")
-                st.fill += int(keep.sum()); pending += batch
-                bar.update(int(keep.sum()))
-                if len(pending) == cps: flush(pending); pending = []
-            if pending: flush(pending)
-    finally: bar.close()
-    for _ in stream: pass                                   # finish the plan: the totals for meta.json
-    if not state["started"]: start()
-    write_progress(True)
-    if box["exhausted"] and rank == 0:
-        warnings.warn(f"the corpus ran out after {box['rows']:,} rows; asked for {n_tokens:,}", stacklevel=2)
-    return _open_when_done(cls, out, world)
+            m(torch.full((1, S), tok.bos_token_id or 0), return_type=None, stop_at_layer=stop, **kw)
+        st.probe = False
+        widths = {h: int(np.prod(st.shapes[h])) for h in names}
+        row_bytes = sum(widths.values()) * tdt.itemsize
+        cps = (old or {}).get("contexts_per_shard") or max(1, min(shard_rows, (512 << 20) // row_bytes) // S)
+        ident.update(widths=widths, shapes={h: st.shapes[h] for h in names}, contexts_per_shard=cps)
+
+        # corpus → contexts → rows: the same on every rank and in every run
+        box = {}
+        stream = _prefetch(plan(pack(docs, tok, S, prepend_bos), n_tokens, _special_ids(tok), exclude_special_tokens, box),
+                           size=max(64, 4 * batch_size))
+        mine = (c for c in stream if c.index % world == rank)
+        first = next(mine, None)
+        if first is None and box["contexts"] == 0:
+            raise ValueError(f"the corpus {docs.description['source']!r} gave no full context of {S} tokens "
+                             "(it is empty or too short); use more text or a smaller context_size.")
+        mine = itertools.chain([first] if first is not None else [], mine)
+        _check_corpus(mine, done, docs)                                  # consumes the contexts of the complete shards
+
+        shards, state = list(done), {"started": False}
+        st.allocate(cps * S)
+        bar = tqdm(total=n_tokens if world == 1 else None, initial=sum(s["rows"] for s in done), unit="tok", unit_scale=True,
+                   disable=not progress or rank != 0, desc=f"extract {len(names)} hook{'s' * (len(names) > 1)} → {out.name}")
+
+        def write_meta(complete: bool):
+            meta = dict(ident, complete=complete)
+            if complete: meta.update(n_tokens=box["rows"], n_contexts=box["contexts"], corpus_exhausted=box["exhausted"])
+            if world == 1: meta["shards"] = shards
+            _write_json(out / "meta.json", meta)
+
+        def write_progress(complete: bool):
+            if world == 1: return write_meta(complete)
+            _write_json(rdir / "progress.json", dict(ident, rank=rank, shards=shards, complete=complete))
+            if rank == 0 and (complete or not (out / "meta.json").exists()): write_meta(complete)
+
+        def start():
+            "First write of this run: clear an overwritten store, create the directory, save the tokenizer."
+            if clear: _clear(out, rank, world)
+            rdir.mkdir(parents=True, exist_ok=True)
+            for p in rdir.glob("*.tmp"): shutil.rmtree(p) if p.is_dir() else p.unlink()
+            if rank == 0 and not (out / "tokenizer").exists():
+                tmp = out / "tokenizer.tmp"
+                shutil.rmtree(tmp, ignore_errors=True); tok.save_pretrained(str(tmp))
+                for f in tmp.iterdir(): _fsync(f)
+                os.replace(tmp, out / "tokenizer")
+            for d in {out.parent, out, rdir}: _fsync(d)
+            state["started"] = True
+
+        def flush(ctxs: list[_Ctx]):
+            if not state["started"]: start()
+            k, n = len(shards), st.fill
+            files = {_acts_name(h, k): _save(rdir / _acts_name(h, k), {"acts": st.bufs[h][:n]}) for h in names}
+            keep = np.stack([c.keep for c in ctxs])
+            files[_tokens_name(k)] = _save(rdir / _tokens_name(k), {
+                "tokens": torch.from_numpy(np.stack([c.ids for c in ctxs]).astype(np.int32)),
+                "doc": torch.from_numpy(np.stack([c.doc for c in ctxs])),
+                "doc_pos": torch.from_numpy(np.stack([c.pos for c in ctxs])),
+                "keep": torch.from_numpy(keep),
+                "context": torch.tensor([c.index for c in ctxs], dtype=torch.int64),
+                "context_rows": torch.from_numpy(keep.sum(1).astype(np.int32)),
+                "row_pos": torch.from_numpy(np.nonzero(keep)[1].astype(np.int32))})
+            shards.append({"contexts": len(ctxs), "rows": n, "contexts_digest": _contexts_digest(ctxs), "files": files})
+            write_progress(False)
+            st.fill = 0
+
+        rdir = _rank_dir(out, rank, world)
+        pending: list[_Ctx] = []
+        try:
+            with torch.no_grad(), m.hooks([(h, st.hook(h)) for h in names]):
+                while batch := list(itertools.islice(mine, min(batch_size, cps - len(pending)))):
+                    keep = np.stack([c.keep for c in batch])
+                    st.keep, st.all_keep = torch.from_numpy(keep).to(m.device), bool(keep.all())
+                    st.row_of = _row_locator(batch, keep)
+                    st.fired.clear()
+                    m(torch.from_numpy(np.stack([c.ids for c in batch])), return_type=None, stop_at_layer=stop, **kw)
+                    if st.fired != set(names):
+                        raise RuntimeError(f"hooks {sorted(set(names) - st.fired)} did not fire during the forward")
+                    st.fill += int(keep.sum()); pending += batch
+                    bar.update(int(keep.sum()))
+                    if len(pending) == cps: flush(pending); pending = []
+                if pending: flush(pending)
+        finally: bar.close()
+        for _ in stream: pass                                   # finish the plan: the totals for meta.json
+        if not state["started"]: start()
+        write_progress(True)
+        if box["exhausted"] and rank == 0:
+            warnings.warn(f"the corpus ran out after {box['rows']:,} rows; asked for {n_tokens:,}", stacklevel=2)
+        return _open_when_done(cls, out, world)
 
 def _open_when_done(cls, out: Path, world: int):
     if world > 1:

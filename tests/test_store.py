@@ -1,6 +1,6 @@
 """ActivationStore: rows equal run_with_cache, text round trip, resume after SIGKILL, torchrun, shuffling, errors,
-integrity (checksums, fsync, repair on resume), resume refusing another corpus or model."""
-import json, os, shutil, signal, subprocess, sys, time, warnings
+integrity (checksums, fsync, repair on resume), one build at a time, resume refusing another corpus or model."""
+import json, os, shutil, signal, socket, subprocess, sys, time, warnings
 from pathlib import Path
 sys.path.insert(0, os.path.dirname(__file__))
 from tiny import text_llama
@@ -9,7 +9,7 @@ import pytest
 import torch
 import deeplens.store as store_mod
 from deeplens.model import HookedModel, load_model
-from deeplens.store import ActivationStore, CorruptShard, NonFiniteActivations, model_fingerprint
+from deeplens.store import ActivationStore, CorruptShard, NonFiniteActivations, StoreLocked, model_fingerprint
 
 HERE = Path(__file__).parent
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.mlp.hook_post"]
@@ -136,10 +136,11 @@ def test_tokens_decode_to_source(tiny, docs, tmp_path):
 
 # --- resume and scale-out -----------------------------------------------------------------------------------
 
-def _script(*args, resume=False, kill_at=0):
+def _script(*args, resume=False, kill_at=0, pause_at=0):
     cmd = [sys.executable, str(HERE / "_store_build.py"), *map(str, args)]
     if resume: cmd.append("--resume")
     if kill_at: cmd += ["--kill-at", str(kill_at)]
+    if pause_at: cmd += ["--pause-at", str(pause_at)]
     return cmd
 
 SUB = dict(context_size=32, batch_size=4, shard_rows=256, progress=False)     # what _store_build.py uses
@@ -156,9 +157,12 @@ def test_resume_after_sigkill(tiny, tiny_dir, docs_file, tmp_path, reference):
     meta = json.loads((out / "meta.json").read_text())
     assert not meta["complete"] and len(meta["shards"]) == 2 and len(reference.shards) > 3
     assert list(out.glob("*.tmp"))                                     # the half-written shard is visible only as .tmp
-    s = ActivationStore.build(tiny, str(docs_file), HOOKS, 1200, out, resume=True, **SUB)
+    owner = json.loads((out / "build.lock").read_text())              # the killed build's lock stays behind
+    assert owner["host"] == socket.gethostname()
+    with pytest.warns(UserWarning, match=rf"took over the lock of a build that is no longer running \(pid {owner['pid']} "):
+        s = ActivationStore.build(tiny, str(docs_file), HOOKS, 1200, out, resume=True, **SUB)
     assert json.loads((out / "meta.json").read_text()) == json.loads((reference.path / "meta.json").read_text())
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob("*.tmp")) and not (out / "build.lock").exists()
     _same_store(s, reference, exact=True)
     _same_files(out, reference.path)
 
@@ -470,3 +474,37 @@ def test_resume_refuses_changed_weights(tiny_dir, docs, tmp_path, monkeypatch):
     with torch.no_grad(): m.hf.model.layers[1].mlp.up_proj.weight[7, 9] += 0.01      # a weight a sample of every 2nd tensor missed
     with pytest.raises(ValueError, match=r"model_fingerprint \(the model's architecture or weights\): .*overwrite=True"):
         ActivationStore.build(m, docs, HOOKS, 2000, out, resume=True, **SUB)
+
+# --- one build at a time -------------------------------------------------------------------------------------
+
+def test_second_build_into_a_busy_dir_is_refused(tiny, tiny_dir, docs_file, docs, tmp_path, reference):
+    out = tmp_path / "out"
+    paused = Path(str(out) + ".paused")
+    a = subprocess.Popen(_script(tiny_dir, docs_file, out, 1200, pause_at=4), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.time()
+        while not paused.exists() and a.poll() is None and time.time() - t0 < 120: time.sleep(0.05)
+        assert paused.exists(), a.stderr.read()[-2000:] if a.poll() is not None else "timeout"
+        owner = json.loads((out / "build.lock").read_text())
+        assert owner["pid"] == a.pid and owner["host"] == socket.gethostname()
+        other = [d.upper() for d in docs]                                  # another corpus, while the first build runs
+        for kw in (dict(overwrite=True), dict(resume=True), {}):
+            with pytest.raises(StoreLocked, match=rf"being written by another build \(pid {a.pid} on host "):
+                ActivationStore.build(tiny, other, HOOKS, 1200, out, **kw, **SUB)
+    finally:
+        paused.unlink(missing_ok=True)
+        _, err = a.communicate(timeout=120)
+    assert a.returncode == 0, err[-2000:]
+    assert not (out / "build.lock").exists()
+    _same_files(out, reference.path)                                       # the refused builds left no trace
+
+def test_lock_of_another_host_is_not_taken(tiny, docs, tmp_path):
+    out = tmp_path / "s"; out.mkdir()
+    (out / "build.lock").write_text(json.dumps({"build": "x", "host": "some-other-host", "pid": 1, "started": "then"}))
+    with pytest.raises(StoreLocked, match=r"pid 1 on host some-other-host.*delete .*build.lock"):
+        ActivationStore.build(tiny, docs, HOOKS, 100, out, **SUB)
+    (out / "build.lock").unlink()
+    assert len(ActivationStore.build(tiny, docs, HOOKS, 100, out, **SUB)) == 100
+    assert sorted(p.name for p in out.iterdir()) == ["acts-blocks.0.hook_resid_post-00000.safetensors",
+        "acts-blocks.1.mlp.hook_post-00000.safetensors", "meta.json", "tokenizer", "tokens-00000.safetensors"]
