@@ -437,8 +437,9 @@ def _intact(d: Path, shards: list[dict], hooks: list[str]) -> list[dict]:
     "The complete shards before the first damaged one; a warning names that one: it and the shards after it are rebuilt."
     for k, s in enumerate(shards):
         if why := _shard_damage(d, k, s, hooks):
-            warnings.warn(f"{d}: complete shard {k} is damaged ({why}); rebuilding it and the {len(shards) - k - 1} "
-                          "shards after it.", stacklevel=4)
+            n = len(shards) - k - 1
+            warnings.warn(f"{d}: complete shard {k} is damaged ({why}); rebuilding it and the {n} shard{'s' * (n != 1)} "
+                          "after it.", stacklevel=4)
             return shards[:k]
     return list(shards)
 

@@ -384,7 +384,7 @@ def test_truncated_shard_listed_as_done_is_rebuilt(tiny, docs_file, tmp_path, re
     with open(f, "r+b") as fh: fh.truncate(size // 2)
     with pytest.raises(CorruptShard, match=rf"{f.name} \({size // 2:,} bytes where {size:,} were written\)"):
         ActivationStore(out).verify()
-    with pytest.warns(UserWarning, match=r"shard 3 is damaged .*rebuilding it and the 1 shards after it"):
+    with pytest.warns(UserWarning, match=r"shard 3 is damaged .*rebuilding it and the 1 shard after it"):
         ActivationStore.build(tiny, str(docs_file), HOOKS, 1200, out, resume=True, **SUB)
     _same_files(out, reference.path)
     f.unlink()                                     # a missing file is damage too
