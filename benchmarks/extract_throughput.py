@@ -13,6 +13,16 @@ do not: tokenising and packing the text, copying rows out, writing safetensors s
 second; the prepended BOS of each context is not a row, and the baselines are counted the same way) and the ratio of
 each build to each baseline (medians over rounds). Target: build_1hook >= 0.9x bare_trunk.
 
+Reading. A store of `--read-rows` rows of width 576 (fp32, as SmolLM2-135M's residual stream; built by a one-block
+random model of that width) is read by shuffled epochs (`iter_batches(4096)`) and by random access (`get` of 4096
+random rows), each in a fresh `ActivationStore`:
+
+  checks_off    the file checksums switched off (the reading path as it was before checksums)
+  first_read    the first read of every shard in this process: each file's CRC-32 is checked once
+  warm          the same again: files already found intact are not read again
+
+Reported: seconds (median over rounds) and the ratio to checks_off.
+
 Memory. Each build runs in a fresh subprocess (a tiny random Llama, 2 layers, d64, with the same tokenizer; one
 hook; python-docs repeated to have enough text), which prints `resource.getrusage(RUSAGE_SELF).ru_maxrss`: peak RSS of
 a 100k-token and a 1M-token build, and their ratio. Target: the 1M build within 10% of the 100k build (rows stream to
@@ -21,6 +31,7 @@ disk; nothing grows with the store).
     python benchmarks/extract_throughput.py                        # both parts
     python benchmarks/extract_throughput.py --skip-rss --tokens 4096 --rounds 3
     python benchmarks/extract_throughput.py --skip-throughput
+    python benchmarks/extract_throughput.py --skip-throughput --skip-rss --read-rows 131072    # reading only
 """
 from __future__ import annotations
 import argparse, gc, itertools, json, os, resource, shutil, statistics, subprocess, sys, tempfile, time
@@ -110,6 +121,53 @@ def throughput(a):
     return r1, r3
 
 
+# --- reading -----------------------------------------------------------------------------------------------------
+
+def reading(a):
+    import numpy as np
+    import transformers as T
+    import deeplens.store as store_mod
+    from deeplens.model import HookedModel
+    from deeplens.store import ActivationStore
+    tok = T.AutoTokenizer.from_pretrained(tokenizer_dir(a.tokenizer))
+    torch.manual_seed(0)
+    hf = T.AutoModelForCausalLM.from_config(T.LlamaConfig(hidden_size=576, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=9, num_key_value_heads=3, vocab_size=len(tok))).eval()
+    tmp = Path(tempfile.mkdtemp(prefix="deeplens-read-"))
+    try:
+        hook, n = "blocks.0.hook_resid_post", a.read_rows
+        ActivationStore.build(HookedModel(hf, tok), docs_repeated(-(-n // 350_000) + 1), hook, n, tmp / "s",
+                              context_size=128, batch_size=32, progress=False, shard_rows=a.read_shard_rows)
+        real_check, verified = store_mod._check_file, store_mod._VERIFIED
+        idx = torch.from_numpy(np.random.default_rng(0).choice(n, 4096, replace=False))
+        def epoch(s):
+            for _ in s.iter_batches(4096, seed=0, hooks=hook): pass
+        def access(s): s.get(idx, hook)
+        def timed(fn, mode):
+            store_mod._check_file = (lambda *x: None) if mode == "checks_off" else real_check
+            if mode != "warm": verified.clear()
+            if mode == "warm": fn(ActivationStore(tmp / "s"))                 # (not timed) the first read, another object
+            s = ActivationStore(tmp / "s")
+            gc.collect()
+            t0 = time.perf_counter(); fn(s); return time.perf_counter() - t0
+        modes = ["checks_off", "first_read", "warm"]
+        mb = n * 576 * 4 / 2**20
+        st = ActivationStore(tmp / "s")
+        print(f"\nreading: {n:,} rows x 576 fp32 ({mb:.0f} MiB in {len(st.shards)} shards), page cache warm, "
+              f"{torch.get_num_threads()} threads, {a.rounds} rounds")
+        ratios = {}
+        for what, fn in (("shuffled epoch, batch 4096", epoch), ("get 4096 random rows", access)):
+            times = {m: [] for m in modes}
+            for r in range(a.rounds):
+                for m in modes[r % 3:] + modes[:r % 3]: times[m].append(timed(fn, m))
+            med = {m: statistics.median(v) for m, v in times.items()}
+            print(f"  {what}: " + ", ".join(f"{m} {med[m]:.3f} s ({med[m] / med['checks_off']:.2f}x)" for m in modes))
+            ratios[what] = med["first_read"] / med["checks_off"], med["warm"] / med["checks_off"]
+        store_mod._check_file = real_check
+        return ratios
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+
+
 # --- peak RSS ----------------------------------------------------------------------------------------------------
 
 def rss_child(n_tokens: int, tok_dir: str, out: str):
@@ -163,6 +221,9 @@ def main(argv=None):
     p.add_argument("--tokenizer", default=None, help="a tokenizer directory (default: the embedded model's)")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-rss", action="store_true")
+    p.add_argument("--skip-read", action="store_true")
+    p.add_argument("--read-rows", type=int, default=131072, help="rows of the store read back (default 131072)")
+    p.add_argument("--read-shard-rows", type=int, default=65536, help="shard_rows of that store (default 65536)")
     p.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -174,6 +235,9 @@ def main(argv=None):
     if not a.skip_throughput:
         r1, r3 = throughput(a)
         summary.append(f"build 1 hook = {r1:.3f}x bare forward loop (target >= 0.9x), 3 hooks = {r3:.3f}x")
+    if not a.skip_read:
+        for what, (first, warm) in reading(a).items():
+            summary.append(f"{what}: first read {first:.2f}x, warm {warm:.2f}x the read without checksums")
     if not a.skip_rss:
         summary.append(f"peak RSS 1M/100k = {peak_rss(a):.3f}x (target <= 1.10x)")
     print("\nsummary: " + "; ".join(summary))

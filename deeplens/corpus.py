@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_corpus.ipynb #ebc6f256
 from __future__ import annotations
-import ast, json, os, sysconfig
+import ast, codecs, json, os, sysconfig
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -77,10 +77,10 @@ def _missing_field(field, available, where):
     return ValueError(f"text_field={field!r} is not in {where}; available fields: {sorted(available)}. "
                       f"Pass text_field=<one of them>.")
 
-def _read_txt(path: Path, sample_by: str) -> Iterator[str]:
+def _read_txt(path: Path, sample_by: str, encoding: str, errors: str) -> Iterator[str]:
     if sample_by == "document":
-        yield path.read_text(encoding="utf-8"); return
-    with open(path, encoding="utf-8") as f:
+        yield path.read_text(encoding=encoding, errors=errors); return
+    with open(path, encoding=encoding, errors=errors) as f:
         if sample_by == "line":
             for line in f:
                 line = line.rstrip("\n")
@@ -92,8 +92,8 @@ def _read_txt(path: Path, sample_by: str) -> Iterator[str]:
             elif para: yield "".join(para).rstrip("\n"); para = []
         if para: yield "".join(para).rstrip("\n")
 
-def _read_jsonl(path: Path, field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
+def _read_jsonl(path: Path, field: str, encoding: str, errors: str) -> Iterator[str]:
+    with open(path, encoding=encoding, errors=errors) as f:
         for i, line in enumerate(f):
             if not line.strip(): continue
             try: rec = json.loads(line)
@@ -111,10 +111,18 @@ def _read_parquet(path: Path, field: str) -> Iterator[str]:
     for batch in pf.iter_batches(columns=[field], batch_size=1024):
         yield from batch.column(0).to_pylist()
 
-def _read_file(path: Path, field: str, sample_by: str) -> Iterator[str]:
+def _decoded(docs: Iterator[str], where, encoding: str) -> Iterator[str]:
+    "`docs`, with a decoding error re-raised as one that names the file (or dataset) and the fix."
+    try: yield from docs
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where} is not {encoding} text ({e.reason}: {e.object[e.start:e.end]!r}). Pass the file's "
+                         "encoding, e.g. corpus(path, encoding='latin-1'), or errors='replace' to read undecodable bytes "
+                         "as \ufffd.") from None
+
+def _read_file(path: Path, field: str, sample_by: str, encoding: str = "utf-8", errors: str = "strict") -> Iterator[str]:
     s = path.suffix.lower()
-    if s == ".txt": return _read_txt(path, sample_by)
-    if s in (".jsonl", ".ndjson"): return _read_jsonl(path, field)
+    if s == ".txt": return _decoded(_read_txt(path, sample_by, encoding, errors), path, encoding)
+    if s in (".jsonl", ".ndjson"): return _decoded(_read_jsonl(path, field, encoding, errors), path, encoding)
     if s == ".parquet": return _read_parquet(path, field)
     raise ValueError(f"{path}: unsupported file type {s!r}; use one of {TEXT_SUFFIXES}")
 
@@ -150,13 +158,18 @@ def _from_hf(name: str, field: str, split: str, streaming: bool, kw: dict) -> It
 
 # %% ../nbs/10_corpus.ipynb #70a86a97
 def corpus(source, *, text_field: str = "text", split: str = "train", streaming: bool = True,
-           sample_by: str = "document", **kw) -> Corpus:
+           sample_by: str = "document", encoding: str = "utf-8", errors: str = "strict", **kw) -> Corpus:
     """Documents from `source`: `"builtin:python-docs"`, a `.txt`/`.jsonl`/`.parquet` file or a directory of them,
     an iterable of strings (or dicts with `text_field`), or a Hugging Face dataset name (extra `kw` go to
-    `datasets.load_dataset`). `sample_by` splits `.txt` files by "document", "line" or "paragraph"."""
+    `datasets.load_dataset`). `sample_by` splits `.txt` files by "document", "line" or "paragraph";
+    `encoding`/`errors` decode `.txt`/`.jsonl` files as `open()` does."""
     if isinstance(source, Corpus): return source
     if sample_by not in ("document", "line", "paragraph"):
         raise ValueError(f"sample_by must be 'document', 'line' or 'paragraph', got {sample_by!r}")
+    try: codecs.lookup(encoding); codecs.lookup_error(errors)
+    except (LookupError, TypeError):
+        raise ValueError(f"encoding={encoding!r} / errors={errors!r}: not a Python codec / error handler "
+                         "(e.g. encoding='utf-8' or 'latin-1', errors='strict' or 'replace')") from None
     if isinstance(source, (str, os.PathLike)):
         s = os.fspath(source)
         if s.startswith("builtin:"):
@@ -168,7 +181,7 @@ def corpus(source, *, text_field: str = "text", split: str = "train", streaming:
                            key=lambda f: f.relative_to(p).as_posix())
             if not files: raise ValueError(f"directory {p} holds no {'/'.join(TEXT_SUFFIXES)} files")
             def make():
-                for f in files: yield from _checked(_read_file(f, text_field, sample_by), str(f))
+                for f in files: yield from _checked(_read_file(f, text_field, sample_by, encoding, errors), str(f))
             return Corpus(make, {"source": str(p.resolve()), "files": len(files), "text_field": text_field, "sample_by": sample_by})
         if p.is_file():
             if p.suffix.lower() not in TEXT_SUFFIXES: raise ValueError(f"{p}: unsupported file type; use one of {TEXT_SUFFIXES}")
@@ -177,11 +190,13 @@ def corpus(source, *, text_field: str = "text", split: str = "train", streaming:
                 import pyarrow.parquet as pq
                 names = pq.ParquetFile(p).schema_arrow.names
                 if text_field not in names: raise _missing_field(text_field, names, str(p))
-            return Corpus(lambda: _checked(_read_file(p, text_field, sample_by), str(p)), desc)
+            return Corpus(lambda: _checked(_read_file(p, text_field, sample_by, encoding, errors), str(p)), desc)
         if p.suffix.lower() in TEXT_SUFFIXES or s.startswith((".", "/", "~", "\\")) or s.count("/") > 1:
             raise FileNotFoundError(f"no such file or directory: {p}")
+        if encoding != "utf-8": kw["encoding"] = encoding                 # as datasets' text/json/csv builders name them
+        if errors != "strict": kw["encoding_errors"] = errors
         desc = {"source": s, "text_field": text_field, "split": split, **{k: v for k, v in kw.items() if isinstance(v, (str, int, float, bool))}}
-        return Corpus(lambda: _from_hf(s, text_field, split, streaming, kw), desc)
+        return Corpus(lambda: _decoded(_from_hf(s, text_field, split, streaming, kw), f"dataset {s!r}", encoding), desc)
     if isinstance(source, (bytes, dict)) or not isinstance(source, Iterable):
         raise TypeError(f"corpus() takes a dataset name, a path, 'builtin:python-docs' or an iterable of strings; "
                         f"got {type(source).__name__}")

@@ -5,7 +5,8 @@ resumable, scalable with `torchrun`, read back memory-mapped and shuffled."""
 
 # %% ../nbs/11_store.ipynb #85ae4232
 from __future__ import annotations
-import hashlib, itertools, json, os, queue, shutil, threading, warnings
+import hashlib, itertools, json, os, queue, shutil, socket, threading, time, uuid, warnings, zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from collections import OrderedDict
 from pathlib import Path
@@ -20,7 +21,7 @@ from .hooks import layer_of
 from .model import HookedModel, load_model
 
 # %% auto #0
-__all__ = ['pack', 'plan', 'model_fingerprint', 'NonFiniteActivations', 'ActivationStore']
+__all__ = ['pack', 'plan', 'CorruptShard', 'model_fingerprint', 'NonFiniteActivations', 'ActivationStore', 'StoreLocked']
 
 # %% ../nbs/11_store.ipynb #1687b7fb
 @dataclass
@@ -102,21 +103,73 @@ def _prefetch(it: Iterable, size: int = 512) -> Iterator:
     finally: stop.set()
 
 # %% ../nbs/11_store.ipynb #2ac9fe0e
+def _fsync(path: Path) -> None:
+    "Flush a file, or a directory's entries (POSIX; Windows cannot open a directory), to the disk."
+    if path.is_dir() and os.name != "posix": return
+    fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
 def _atomic(path: Path, write) -> None:
-    "Call `write(tmp_path)`, then rename onto `path`; on failure remove the temporary file and re-raise."
+    """Call `write(tmp_path)`, flush the file, rename it onto `path` and flush the directory; on failure remove the
+    temporary file and re-raise."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         write(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync(path.parent)
 
 def _write_json(path: Path, obj) -> None:
     _atomic(path, lambda t: t.write_text(json.dumps(obj, indent=1)))
 
-def _save(path: Path, tensors: dict) -> None:
+def _read_json(p: Path):
+    "The JSON in `p` (None if there is no such file); a damaged file is a clear error."
+    if not p.exists(): return None
+    try: return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p} is damaged ({e}): the store's index is lost. Rebuild the store with overwrite=True "
+                         "(CLI: --overwrite).") from None
+
+def _crc32(path: Path, chunk: int = 1 << 22) -> str:
+    "The CRC-32 of a file's bytes, as 8 hex digits."
+    crc, buf = 0, bytearray(chunk)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf): crc = zlib.crc32(memoryview(buf)[:n], crc)
+    return f"{crc:08x}"
+
+def _save(path: Path, tensors: dict) -> dict:
+    "Write a safetensors file atomically; → its record for the index (size and CRC-32 of the bytes on disk)."
     _atomic(path, lambda t: save_file({k: v.contiguous() for k, v in tensors.items()}, str(t)))
+    return {"bytes": path.stat().st_size, "crc32": _crc32(path)}
+
+class CorruptShard(ValueError):
+    "A store file differs from the size/CRC-32 recorded when it was written (changed bytes, truncated, missing)."
+
+_VERIFIED: set = set()        # (path, inode, size, mtime) of the files this process has found intact
+
+def _damage(path: Path, rec: dict, force: bool = False) -> str | None:
+    "How `path` differs from its record, or None; a file found intact is not read again in this process unless `force`."
+    try: st = path.stat()
+    except FileNotFoundError: return "missing"
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED and not force: return None
+    if st.st_size != rec["bytes"]: return f"{st.st_size:,} bytes where {rec['bytes']:,} were written"
+    if (crc := _crc32(path)) != rec["crc32"]: return f"CRC-32 {crc} where {rec['crc32']} was written"
+    _VERIFIED.add(key)
+    return None
+
+def _corrupt(store: Path, damaged: list[str]) -> CorruptShard:
+    return CorruptShard(f"{store}: damaged {'file' if len(damaged) == 1 else 'files'}: {'; '.join(damaged)}. Their rows "
+                        "cannot be trusted. Resume the build with the same arguments (ActivationStore.build(..., "
+                        "resume=True); CLI: --resume): it rewrites damaged shards; or rebuild with overwrite=True.")
+
+def _check_file(store: Path, path: Path, rec: dict | None) -> None:
+    "Raise `CorruptShard` if `path` differs from its record (a file without a record predates checksums)."
+    if rec is not None and (why := _damage(path, rec)): raise _corrupt(store, [f"{path.name} ({why})"])
 
 def _rank_dir(root: Path, rank: int, world: int) -> Path:
     return root if world == 1 else root / f"rank-{rank:05d}"
@@ -145,16 +198,22 @@ def _to_torch(a: np.ndarray, st_dtype: str) -> torch.Tensor:
 # %% ../nbs/11_store.ipynb #f173d6c3
 _IDENTITY = ("model_fingerprint", "hooks", "dtype", "context_size", "prepend_bos", "exclude_special_tokens",
              "n_tokens_requested", "corpus", "world_size")
+_MEANING = {"model_fingerprint": "the model's architecture or weights", "corpus": "the corpus"}
 
 def model_fingerprint(m: HookedModel) -> str:
-    "A short hash of the architecture, parameter names/shapes and a sample of the weights."
+    "A short hash of the architecture and of every parameter: its name, shape, dtype and the CRC-32 of all its bytes."
     h = hashlib.sha256(m.cfg.architecture.encode())
-    params = list(m.hf.named_parameters())
-    for i, (n, p) in enumerate(params):
-        h.update(f"{n}{tuple(p.shape)}".encode())
-        if i % max(1, len(params) // 8) == 0 or i == len(params) - 1:
-            h.update(p.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    for n, p in m.hf.named_parameters():
+        data = p.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
+        h.update(f"{n}{tuple(p.shape)}{p.dtype}{zlib.crc32(data):08x}".encode())
     return h.hexdigest()[:20]
+
+def _contexts_digest(ctxs: list[_Ctx]) -> str:
+    "A digest of what contexts hold: token ids, each token's document and position, and which tokens are rows."
+    h = hashlib.blake2b(digest_size=16)
+    for c in ctxs:
+        for a in (c.ids, c.doc, c.pos, c.keep): h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 def _version():
     try:
@@ -162,7 +221,8 @@ def _version():
     except ImportError: return "unknown"
 
 def _mismatch(old: dict, new: dict) -> list[str]:
-    return [f"{k}: {old.get(k)!r} in the store, {new.get(k)!r} now" for k in _IDENTITY if old.get(k) != new.get(k)]
+    return [f"{k}{f' ({_MEANING[k]})' if k in _MEANING else ''}: {old.get(k)!r} in the store, {new.get(k)!r} now"
+            for k in _IDENTITY if old.get(k) != new.get(k)]
 
 def _special_ids(tok) -> list[int]:
     return [i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None]
@@ -225,9 +285,8 @@ class ActivationStore:
     `context(row)`. Open an existing store with `ActivationStore(path)`; create one with `ActivationStore.build`."""
     def __init__(self, path):
         self.path = Path(path)
-        mp = self.path / "meta.json"
-        if not mp.exists(): raise FileNotFoundError(f"{self.path} is not an ActivationStore (no meta.json)")
-        self.meta = json.loads(mp.read_text())
+        self.meta = _read_json(self.path / "meta.json")
+        if self.meta is None: raise FileNotFoundError(f"{self.path} is not an ActivationStore (no meta.json)")
         self.hooks: list[str] = self.meta["hooks"]
         self.widths: dict = self.meta["widths"]
         self.dtype: torch.dtype = _TORCH_DT[self.meta["dtype"]]
@@ -237,20 +296,22 @@ class ActivationStore:
         self._lo, self._hi = 0, self._n
 
     def _load_index(self):
-        "Collect every rank's complete shards and order their contexts globally."
+        "Collect every rank's complete shards, check their contexts against the index, and order them globally."
         W = self.meta["world_size"]
-        self.shards, unfinished = [], []
+        self.shards, self._records, unfinished = [], {}, []
+        g, rows, shard, local = [], [], [], []
         for r in range(W):
             d = _rank_dir(self.path, r, W)
             pp = d / "progress.json"
-            prog = self.meta if W == 1 else (json.loads(pp.read_text()) if pp.exists() else {"shards": []})
+            prog = self.meta if W == 1 else (_read_json(pp) or {"shards": []})
             if not prog.get("complete"): unfinished.append(r)
-            self.shards += [(d, k, s["contexts"], s["rows"]) for k, s in enumerate(prog["shards"])]
-        g, rows, shard, local = [], [], [], []
-        for i, (d, k, c, n) in enumerate(self.shards):
-            with safe_open(str(d / _tokens_name(k)), "pt") as f:
-                gi, ri = f.get_tensor("context").numpy(), f.get_tensor("context_rows").numpy().astype(np.int64)
-            g.append(gi); rows.append(ri); shard.append(np.full(len(gi), i)); local.append(np.cumsum(ri) - ri)
+            first = r                                    # rank r holds contexts r, r + W, r + 2W, ... in order
+            for k, s in enumerate(prog["shards"]):
+                self._records.update({d / name: rec for name, rec in s.get("files", {}).items()})
+                gi, ri = self._shard_index(d, k, s, first, W)
+                first += W * len(gi)
+                g.append(gi); rows.append(ri); shard.append(np.full(len(gi), len(self.shards))); local.append(np.cumsum(ri) - ri)
+                self.shards.append((d, k, s["contexts"], s["rows"]))
         cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, np.int64)
         g, rows, shard, local = map(cat, (g, rows, shard, local))
         o = np.argsort(g, kind="stable")
@@ -265,6 +326,20 @@ class ActivationStore:
             warnings.warn(f"{self.path}: the build is incomplete ({self._n:,} rows readable"
                           + (f"; ranks {unfinished} unfinished" if W > 1 and unfinished else "")
                           + "). Run ActivationStore.build(..., resume=True) with the same arguments to finish it.", stacklevel=3)
+
+    def _shard_index(self, d: Path, k: int, s: dict, first: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Context indices and rows per context of shard `k` (two small arrays of its tokens file), checked against
+        the index: contexts `first, first + step, ...`, as many as recorded, rows adding up to the recorded count."""
+        p, rec = d / _tokens_name(k), s.get("files", {}).get(_tokens_name(k))
+        try:
+            with safe_open(str(p), "np") as f: gi, ri = (f.get_tensor(n).astype(np.int64) for n in ("context", "context_rows"))
+        except Exception:                                # unreadable: name the damage if the checksum shows it
+            _check_file(self.path, p, rec); raise
+        if not (len(gi) == s["contexts"] and np.array_equal(gi, first + step * np.arange(len(gi)))
+                and ((ri >= 0) & (ri <= self.context_size)).all() and int(ri.sum()) == s["rows"]):
+            _check_file(self.path, p, rec)
+            raise _corrupt(self.path, [f"{p.name} (its contexts disagree with the store's index)"])
+        return gi, ri
 
     def __len__(self) -> int: return self._hi - self._lo
 
@@ -324,47 +399,162 @@ def _dist_env(rank, world_size) -> tuple[int, int]:
     return rank, world_size
 
 # %% ../nbs/11_store.ipynb #f9896bb2
+_LOCK = "build.lock"
 _OWN = ("meta.json", "tokenizer", "acts-", "tokens-", "rank-")
 
-def _read_json(p: Path):
-    return json.loads(p.read_text()) if p.exists() else None
-
 def _existing(out: Path, ident: dict, rank: int, world: int, resume: bool, overwrite: bool) -> tuple[list, bool]:
-    "→ (this rank's complete shards to keep, whether the old store files must be cleared before writing)."
+    "→ (this rank's intact complete shards to keep, whether the old store files must be cleared before writing)."
     if not out.exists(): return [], False
     if not out.is_dir(): raise ValueError(f"out_dir {out} exists and is not a directory")
-    entries = [p.name for p in out.iterdir()]
+    entries = [p.name for p in out.iterdir() if p.name != _LOCK]
     foreign = sorted(e for e in entries if not e.startswith(_OWN))
     if foreign:
         raise ValueError(f"out_dir {out} holds files that are not part of an ActivationStore ({', '.join(foreign[:5])}); "
                          "choose an empty or new directory.")
+    if overwrite: return [], bool(entries)
     meta = _read_json(out / "meta.json")
     prog = _read_json(_rank_dir(out, rank, world) / "progress.json") if world > 1 else meta
-    if overwrite or (meta is None and prog is None): return [], bool(entries)
+    if meta is None and prog is None: return [], bool(entries)
     for rec in (meta, prog):
         if rec is not None and (diff := _mismatch(rec, ident)):
             raise ValueError(f"out_dir {out} already holds a different ActivationStore ({'; '.join(diff)}). "
-                             "Pass overwrite=True to replace it, or choose another out_dir.")
+                             "Pass overwrite=True (CLI: --overwrite) to replace it, or choose another out_dir.")
     if not resume and (rank == 0 or prog is not None):
-        raise ValueError(f"out_dir {out} already holds this ActivationStore; pass resume=True to continue (or reuse) it, "
-                         "or overwrite=True to rebuild it.")
+        raise ValueError(f"out_dir {out} already holds this ActivationStore; pass resume=True (CLI: --resume) to continue "
+                         "(or reuse) it, or overwrite=True (CLI: --overwrite) to rebuild it.")
     if prog is None: return [], False
-    d = _rank_dir(out, rank, world)
-    for k, s in enumerate(prog["shards"]):
-        missing = [f for f in [_tokens_name(k), *(_acts_name(h, k) for h in ident["hooks"])] if not (d / f).exists()]
-        if missing: raise ValueError(f"{d}: shard {k} is listed as complete but {missing} are missing; the store is damaged. "
-                                     "Rebuild it with overwrite=True.")
-    return list(prog["shards"]), False
+    return _intact(_rank_dir(out, rank, world), prog["shards"], ident["hooks"]), False
+
+def _shard_damage(d: Path, k: int, s: dict, hooks: list[str]) -> str | None:
+    "Why complete shard `k` in `d` cannot be kept (a file missing or damaged, no checksums recorded), or None."
+    files = s.get("files", {})
+    for name in (_tokens_name(k), *(_acts_name(h, k) for h in hooks)):
+        if name not in files or "contexts_digest" not in s: return f"{name}: no checksum recorded"
+        if why := _damage(d / name, files[name]): return f"{name}: {why}"
+    return None
+
+def _intact(d: Path, shards: list[dict], hooks: list[str]) -> list[dict]:
+    "The complete shards before the first damaged one; a warning names that one: it and the shards after it are rebuilt."
+    for k, s in enumerate(shards):
+        if why := _shard_damage(d, k, s, hooks):
+            n = len(shards) - k - 1
+            warnings.warn(f"{d}: complete shard {k} is damaged ({why}); rebuilding it and the {n} shard{'s' * (n != 1)} "
+                          "after it.", stacklevel=4)
+            return shards[:k]
+    return list(shards)
 
 def _clear(out: Path, rank: int, world: int):
     "Remove the old store files this rank owns (rank 0: all but the directories of other live ranks)."
     mine = _rank_dir(out, rank, world)
     for p in list(out.iterdir()) if out.exists() else []:
+        if p.name == _LOCK: continue
         live = p.name.startswith("rank-") and p.name[5:].isdigit() and int(p.name[5:]) < world
         if (p == mine and world > 1) or (rank == 0 and not live):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
+# %% ../nbs/11_store.ipynb #5e7b9c3f
+try: import fcntl
+except ImportError: fcntl = None            # Windows: the lock file alone, no kernel lock
+
+class StoreLocked(RuntimeError):
+    "Another build is writing into this `out_dir`; the message names it."
+
+def _build_id(world: int) -> str:
+    "What the processes of one build share and no other build has: torchrun's run id and address, else a fresh id."
+    e = os.environ
+    if world == 1: return uuid.uuid4().hex
+    if "MASTER_PORT" in e: return f"torchrun {e.get('TORCHELASTIC_RUN_ID', '')}@{e.get('MASTER_ADDR', '')}:{e['MASTER_PORT']}"
+    return f"ranks of world size {world}"
+
+def _describe(owner: dict) -> str:
+    return (f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')}, started {owner.get('started', '?')}, "
+            f"build id {owner.get('build', '?')!r}")
+
+def _owner(path: Path, wait: float = 5.0) -> dict | None:
+    "Who holds the lock at `path` (None: released meanwhile); waits for a lock just created to get its content."
+    t0 = time.monotonic()
+    while True:
+        try: text = path.read_text()
+        except FileNotFoundError: return None
+        try: return json.loads(text)
+        except json.JSONDecodeError:
+            if time.monotonic() - t0 > wait: return {}            # its creator died before writing it
+            time.sleep(0.05)
+
+def _flock(fd: int, block: bool) -> bool:
+    "Take the kernel lock on `fd` → False if another process holds it (True where the OS or file system has none)."
+    if fcntl is None: return True
+    try: fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except BlockingIOError: return False
+    except OSError: pass                                            # no flock on this file system
+    return True
+
+def _owner_gone(owner: dict) -> bool:
+    "The owner ran on this host and its process no longer exists (POSIX; elsewhere we cannot tell)."
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int) or os.name != "posix": return False
+    try: os.kill(owner["pid"], 0)
+    except ProcessLookupError: return True
+    except PermissionError: return False
+    return False
+
+def _take_over(path: Path, owner: dict) -> bool:
+    "If `owner` is gone, remove its lock (under its kernel lock, so two newcomers cannot both do it) → whether to retry."
+    if not _owner_gone(owner): return False
+    try: fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError: return True
+    try:
+        if not _flock(fd, block=False): return True                       # a live process holds it: look again
+        if os.fstat(fd).st_ino != os.stat(path).st_ino or json.loads(os.pread(fd, 1 << 16, 0) or b"{}") != owner:
+            return True                                                    # replaced meanwhile: look again
+        path.unlink()
+    except (FileNotFoundError, json.JSONDecodeError): return True
+    finally: os.close(fd)
+    warnings.warn(f"{path.parent}: took over the lock of a build that is no longer running ({_describe(owner)})", stacklevel=6)
+    return True
+
+def _acquire(path: Path, me: dict, tries: int = 100) -> int | None:
+    "Create and hold the lock file (→ its descriptor), or join the build that holds it (→ None)."
+    for _ in range(tries):
+        try: fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        except FileExistsError:
+            owner = _owner(path)
+            if owner is None or (owner.get("build") != me["build"] and _take_over(path, owner)): continue
+            if owner.get("build") == me["build"]: return None
+            raise StoreLocked(f"{path.parent} is being written by another build ({_describe(owner)}). Wait for it, or "
+                              "choose another out_dir. If no such build is running any more (it ran on another host, or "
+                              f"was killed there), delete {path} and try again.") from None
+        _flock(fd, block=True)
+        os.write(fd, json.dumps(me).encode()); os.fsync(fd)
+        return fd
+    raise StoreLocked(f"could not take the lock {path}: it kept changing hands")
+
+@contextmanager
+def _build_lock(out: Path, world: int):
+    "Hold `out/build.lock` for a build (joined by the other ranks of a torchrun build); remove the directories it made if they stay empty."
+    if out.exists() and not out.is_dir(): raise ValueError(f"out_dir {out} exists and is not a directory")
+    new = [d for d in (out, *out.parents) if not d.exists()]          # the directories this build creates
+    out.mkdir(parents=True, exist_ok=True)
+    me = dict(build=_build_id(world), host=socket.gethostname(), pid=os.getpid(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    fd = _acquire(out / _LOCK, me)
+    try: yield
+    finally:
+        if fd is not None:
+            (out / _LOCK).unlink(missing_ok=True); os.close(fd)
+        for d in new:                                                     # those it left empty
+            try: d.rmdir()
+            except OSError: break
+
 # %% ../nbs/11_store.ipynb #7cdfeb5b
+def _check_corpus(contexts: Iterator[_Ctx], done: list[dict], docs: Corpus) -> None:
+    "Consume the contexts of the complete shards `done`, checking that the corpus still gives exactly them."
+    for k, s in enumerate(done):
+        ctxs = list(itertools.islice(contexts, s["contexts"]))
+        if len(ctxs) == s["contexts"] and _contexts_digest(ctxs) == s["contexts_digest"]: continue
+        what = "its contexts come out different now" if len(ctxs) == s["contexts"] else "the corpus now ends before it"
+        raise ValueError(f"the corpus {docs.description['source']!r} is not the one this store was built from (complete "
+                         f"shard {k}: {what}). Resume with the original corpus, or pass overwrite=True (CLI: --overwrite) "
+                         "to rebuild the store from this one.")
+
 def _build(cls, model, corpus, hooks, n_tokens, out_dir, *, context_size=128, batch_size=32, dtype="float32",
            prepend_bos=True, exclude_special_tokens=True, resume=False, overwrite=False, progress=True,
            shard_rows: int = 65536, rank: int | None = None, world_size: int | None = None):
@@ -377,108 +567,114 @@ def _build(cls, model, corpus, hooks, n_tokens, out_dir, *, context_size=128, ba
     docs = as_corpus(corpus)
     out, tok, S, tdt = Path(out_dir), m.tokenizer, context_size, _TORCH_DT[dtype]
     ident = dict(
-        format="deeplens.ActivationStore", format_version=1, deeplens_version=_version(),
+        format="deeplens.ActivationStore", format_version=2, deeplens_version=_version(),
         model=getattr(m.hf.config, "_name_or_path", "") or m.cfg.architecture, model_fingerprint=model_fingerprint(m),
         architecture=m.cfg.architecture, hooks=names, dtype=dtype, context_size=S, prepend_bos=prepend_bos,
         exclude_special_tokens=exclude_special_tokens, n_tokens_requested=n_tokens, corpus=docs.description,
         world_size=world, tokenizer=dict(name_or_path=str(getattr(tok, "name_or_path", "")), vocab_size=len(tok),
                                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    done, clear = _existing(out, ident, rank, world, resume, overwrite)
-    old = _read_json(out / "meta.json") if done else None
-    if world == 1 and old and old.get("complete"): return cls(out)
+    with _build_lock(out, world):
+        done, clear = _existing(out, ident, rank, world, resume, overwrite)
+        old = _read_json(out / "meta.json") if done else None
+        if world == 1 and old and old.get("complete") and len(done) == len(old["shards"]):     # complete and intact: reuse
+            _check_corpus(plan(pack(docs, tok, S, prepend_bos), n_tokens, _special_ids(tok), exclude_special_tokens), done[:1], docs)
+            return cls(out)
 
-    # the probe: row shape of every hook, hence the shard size
-    st = _Capture(m, names, tdt)
-    stop = _stop_layer(m, names)
-    kw = {"use_cache": False} if "use_cache" in m._fwd_params else {}
-    if stop is None and "hook_logits" not in names and "logits_to_keep" in m._fwd_params: kw["logits_to_keep"] = 1
-    st.probe = True
-    with torch.no_grad(), m.hooks([(h, st.hook(h)) for h in names]):
-        m(torch.full((1, S), tok.bos_token_id or 0), return_type=None, stop_at_layer=stop, **kw)
-    st.probe = False
-    widths = {h: int(np.prod(st.shapes[h])) for h in names}
-    row_bytes = sum(widths.values()) * tdt.itemsize
-    cps = (old or {}).get("contexts_per_shard") or max(1, min(shard_rows, (512 << 20) // row_bytes) // S)
-    ident.update(widths=widths, shapes={h: st.shapes[h] for h in names}, contexts_per_shard=cps)
-
-    # corpus → contexts → rows: the same on every rank and in every run
-    box = {}
-    stream = _prefetch(plan(pack(docs, tok, S, prepend_bos), n_tokens, _special_ids(tok), exclude_special_tokens, box),
-                       size=max(64, 4 * batch_size))
-    mine = (c for c in stream if c.index % world == rank)
-    first = next(mine, None)
-    if first is None and box["contexts"] == 0:
-        raise ValueError(f"the corpus {docs.description['source']!r} gave no full context of {S} tokens "
-                         "(it is empty or too short); use more text or a smaller context_size.")
-    mine = itertools.chain([first] if first is not None else [], mine)
-    for _ in range(sum(s["contexts"] for s in done)): next(mine)     # contexts already in complete shards
-
-    shards, state = list(done), {"started": False}
-    st.allocate(cps * S)
-    bar = tqdm(total=n_tokens if world == 1 else None, initial=sum(s["rows"] for s in done), unit="tok", unit_scale=True,
-               disable=not progress or rank != 0, desc=f"extract {len(names)} hook{'s' * (len(names) > 1)} → {out.name}")
-
-    def write_meta(complete: bool):
-        meta = dict(ident, complete=complete)
-        if complete: meta.update(n_tokens=box["rows"], n_contexts=box["contexts"], corpus_exhausted=box["exhausted"])
-        if world == 1: meta["shards"] = shards
-        _write_json(out / "meta.json", meta)
-
-    def write_progress(complete: bool):
-        if world == 1: return write_meta(complete)
-        _write_json(rdir / "progress.json", dict(ident, rank=rank, shards=shards, complete=complete))
-        if rank == 0 and (complete or not (out / "meta.json").exists()): write_meta(complete)
-
-    def start():
-        "First write of this run: clear an overwritten store, create the directory, save the tokenizer."
-        if clear: _clear(out, rank, world)
-        rdir.mkdir(parents=True, exist_ok=True)
-        for p in rdir.glob("*.tmp"): shutil.rmtree(p) if p.is_dir() else p.unlink()
-        if rank == 0 and not (out / "tokenizer").exists():
-            tmp = out / "tokenizer.tmp"
-            shutil.rmtree(tmp, ignore_errors=True); tok.save_pretrained(str(tmp)); os.replace(tmp, out / "tokenizer")
-        state["started"] = True
-
-    def flush(ctxs: list[_Ctx]):
-        if not state["started"]: start()
-        k, n = len(shards), st.fill
-        for h in names: _save(rdir / _acts_name(h, k), {"acts": st.bufs[h][:n]})
-        keep = np.stack([c.keep for c in ctxs])
-        _save(rdir / _tokens_name(k), {
-            "tokens": torch.from_numpy(np.stack([c.ids for c in ctxs]).astype(np.int32)),
-            "doc": torch.from_numpy(np.stack([c.doc for c in ctxs])),
-            "doc_pos": torch.from_numpy(np.stack([c.pos for c in ctxs])),
-            "keep": torch.from_numpy(keep),
-            "context": torch.tensor([c.index for c in ctxs], dtype=torch.int64),
-            "context_rows": torch.from_numpy(keep.sum(1).astype(np.int32)),
-            "row_pos": torch.from_numpy(np.nonzero(keep)[1].astype(np.int32))})
-        shards.append({"contexts": len(ctxs), "rows": n})
-        write_progress(False)
-        st.fill = 0
-
-    rdir = _rank_dir(out, rank, world)
-    pending: list[_Ctx] = []
-    try:
+        # the probe: row shape of every hook, hence the shard size
+        st = _Capture(m, names, tdt)
+        stop = _stop_layer(m, names)
+        kw = {"use_cache": False} if "use_cache" in m._fwd_params else {}
+        if stop is None and "hook_logits" not in names and "logits_to_keep" in m._fwd_params: kw["logits_to_keep"] = 1
+        st.probe = True
         with torch.no_grad(), m.hooks([(h, st.hook(h)) for h in names]):
-            while batch := list(itertools.islice(mine, min(batch_size, cps - len(pending)))):
-                keep = np.stack([c.keep for c in batch])
-                st.keep, st.all_keep = torch.from_numpy(keep).to(m.device), bool(keep.all())
-                st.row_of = _row_locator(batch, keep)
-                st.fired.clear()
-                m(torch.from_numpy(np.stack([c.ids for c in batch])), return_type=None, stop_at_layer=stop, **kw)
-                if st.fired != set(names):
-                    raise RuntimeError(f"hooks {sorted(set(names) - st.fired)} did not fire during the forward")
-                st.fill += int(keep.sum()); pending += batch
-                bar.update(int(keep.sum()))
-                if len(pending) == cps: flush(pending); pending = []
-            if pending: flush(pending)
-    finally: bar.close()
-    for _ in stream: pass                                   # finish the plan: the totals for meta.json
-    if not state["started"]: start()
-    write_progress(True)
-    if box["exhausted"] and rank == 0:
-        warnings.warn(f"the corpus ran out after {box['rows']:,} rows; asked for {n_tokens:,}", stacklevel=2)
-    return _open_when_done(cls, out, world)
+            m(torch.full((1, S), tok.bos_token_id or 0), return_type=None, stop_at_layer=stop, **kw)
+        st.probe = False
+        widths = {h: int(np.prod(st.shapes[h])) for h in names}
+        row_bytes = sum(widths.values()) * tdt.itemsize
+        cps = (old or {}).get("contexts_per_shard") or max(1, min(shard_rows, (512 << 20) // row_bytes) // S)
+        ident.update(widths=widths, shapes={h: st.shapes[h] for h in names}, contexts_per_shard=cps)
+
+        # corpus → contexts → rows: the same on every rank and in every run
+        box = {}
+        stream = _prefetch(plan(pack(docs, tok, S, prepend_bos), n_tokens, _special_ids(tok), exclude_special_tokens, box),
+                           size=max(64, 4 * batch_size))
+        mine = (c for c in stream if c.index % world == rank)
+        first = next(mine, None)
+        if first is None and box["contexts"] == 0:
+            raise ValueError(f"the corpus {docs.description['source']!r} gave no full context of {S} tokens "
+                             "(it is empty or too short); use more text or a smaller context_size.")
+        mine = itertools.chain([first] if first is not None else [], mine)
+        _check_corpus(mine, done, docs)                                  # consumes the contexts of the complete shards
+
+        shards, state = list(done), {"started": False}
+        st.allocate(cps * S)
+        bar = tqdm(total=n_tokens if world == 1 else None, initial=sum(s["rows"] for s in done), unit="tok", unit_scale=True,
+                   disable=not progress or rank != 0, desc=f"extract {len(names)} hook{'s' * (len(names) > 1)} → {out.name}")
+
+        def write_meta(complete: bool):
+            meta = dict(ident, complete=complete)
+            if complete: meta.update(n_tokens=box["rows"], n_contexts=box["contexts"], corpus_exhausted=box["exhausted"])
+            if world == 1: meta["shards"] = shards
+            _write_json(out / "meta.json", meta)
+
+        def write_progress(complete: bool):
+            if world == 1: return write_meta(complete)
+            _write_json(rdir / "progress.json", dict(ident, rank=rank, shards=shards, complete=complete))
+            if rank == 0 and (complete or not (out / "meta.json").exists()): write_meta(complete)
+
+        def start():
+            "First write of this run: clear an overwritten store, create the directory, save the tokenizer."
+            if clear: _clear(out, rank, world)
+            rdir.mkdir(parents=True, exist_ok=True)
+            for p in rdir.glob("*.tmp"): shutil.rmtree(p) if p.is_dir() else p.unlink()
+            if rank == 0 and not (out / "tokenizer").exists():
+                tmp = out / "tokenizer.tmp"
+                shutil.rmtree(tmp, ignore_errors=True); tok.save_pretrained(str(tmp))
+                for f in tmp.iterdir(): _fsync(f)
+                os.replace(tmp, out / "tokenizer")
+            for d in {out.parent, out, rdir}: _fsync(d)
+            state["started"] = True
+
+        def flush(ctxs: list[_Ctx]):
+            if not state["started"]: start()
+            k, n = len(shards), st.fill
+            files = {_acts_name(h, k): _save(rdir / _acts_name(h, k), {"acts": st.bufs[h][:n]}) for h in names}
+            keep = np.stack([c.keep for c in ctxs])
+            files[_tokens_name(k)] = _save(rdir / _tokens_name(k), {
+                "tokens": torch.from_numpy(np.stack([c.ids for c in ctxs]).astype(np.int32)),
+                "doc": torch.from_numpy(np.stack([c.doc for c in ctxs])),
+                "doc_pos": torch.from_numpy(np.stack([c.pos for c in ctxs])),
+                "keep": torch.from_numpy(keep),
+                "context": torch.tensor([c.index for c in ctxs], dtype=torch.int64),
+                "context_rows": torch.from_numpy(keep.sum(1).astype(np.int32)),
+                "row_pos": torch.from_numpy(np.nonzero(keep)[1].astype(np.int32))})
+            shards.append({"contexts": len(ctxs), "rows": n, "contexts_digest": _contexts_digest(ctxs), "files": files})
+            write_progress(False)
+            st.fill = 0
+
+        rdir = _rank_dir(out, rank, world)
+        pending: list[_Ctx] = []
+        try:
+            with torch.no_grad(), m.hooks([(h, st.hook(h)) for h in names]):
+                while batch := list(itertools.islice(mine, min(batch_size, cps - len(pending)))):
+                    keep = np.stack([c.keep for c in batch])
+                    st.keep, st.all_keep = torch.from_numpy(keep).to(m.device), bool(keep.all())
+                    st.row_of = _row_locator(batch, keep)
+                    st.fired.clear()
+                    m(torch.from_numpy(np.stack([c.ids for c in batch])), return_type=None, stop_at_layer=stop, **kw)
+                    if st.fired != set(names):
+                        raise RuntimeError(f"hooks {sorted(set(names) - st.fired)} did not fire during the forward")
+                    st.fill += int(keep.sum()); pending += batch
+                    bar.update(int(keep.sum()))
+                    if len(pending) == cps: flush(pending); pending = []
+                if pending: flush(pending)
+        finally: bar.close()
+        for _ in stream: pass                                   # finish the plan: the totals for meta.json
+        if not state["started"]: start()
+        write_progress(True)
+        if box["exhausted"] and rank == 0:
+            warnings.warn(f"the corpus ran out after {box['rows']:,} rows; asked for {n_tokens:,}", stacklevel=2)
+        return _open_when_done(cls, out, world)
 
 def _open_when_done(cls, out: Path, world: int):
     if world > 1:
@@ -500,9 +696,24 @@ def _acts(self: ActivationStore, i: int, hook: str) -> tuple[np.ndarray, str]:
     if key in self._maps: self._maps.move_to_end(key)
     else:
         d, k, _, _ = self.shards[i]
-        self._maps[key] = _memmap(d / _acts_name(hook, k), "acts")
+        path = d / _acts_name(hook, k)
+        _check_file(self.path, path, self._records.get(path))          # the first time this process reads it
+        self._maps[key] = _memmap(path, "acts")
         if len(self._maps) > _MAX_MAPS: self._maps.popitem(last=False)
     return self._maps[key]
+
+def _verify(self: ActivationStore) -> ActivationStore:
+    """Read every file of every complete shard and compare it with the size and CRC-32 recorded when it was
+    written; raise `CorruptShard` naming each damaged file, else return the store."""
+    files = [d / n for d, k, _, _ in self.shards for n in (_tokens_name(k), *(_acts_name(h, k) for h in self.hooks))]
+    if unrecorded := [p for p in files if p not in self._records]:
+        raise ValueError(f"{self.path}: {len(unrecorded)} files have no recorded checksum (the store was written by an "
+                         "older deeplens), so they cannot be verified; rebuild it with overwrite=True to add them.")
+    bad = [f"{p.relative_to(self.path)} ({why})" for p in files if (why := _damage(p, self._records[p], force=True))]
+    if bad: raise _corrupt(self.path, bad)
+    return self
+
+ActivationStore.verify = _verify
 
 def _hooks_arg(self: ActivationStore, hooks) -> tuple[list[str], bool]:
     "→ (hook names, whether to return a bare tensor rather than a dict)."
@@ -643,7 +854,9 @@ def _tokens_shard(self: ActivationStore, i: int) -> dict:
     cache = self.__dict__.setdefault("_tok_cache", OrderedDict())
     if i not in cache:
         d, k, _, _ = self.shards[i]
-        with safe_open(str(d / _tokens_name(k)), "np") as f: t = {n: f.get_tensor(n) for n in f.keys()}
+        path = d / _tokens_name(k)
+        _check_file(self.path, path, self._records.get(path))
+        with safe_open(str(path), "np") as f: t = {n: f.get_tensor(n) for n in f.keys()}
         t["row_ctx"] = np.repeat(np.arange(len(t["context"])), t["context_rows"].astype(np.int64))
         cache[i] = t
         if len(cache) > 8: cache.popitem(last=False)

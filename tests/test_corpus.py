@@ -1,5 +1,5 @@
 """corpus(): builtin python docs, local files and directories, iterables, HF datasets (local json via `datasets`), errors."""
-import ast, builtins, inspect, json, sys
+import ast, builtins, inspect, json, shutil, sys
 from pathlib import Path
 import pytest
 from deeplens.corpus import corpus, Corpus, python_docs
@@ -79,6 +79,10 @@ def test_hf_datasets_streaming_offline(tmp_path):
     assert c.description["source"] == "json" and c.description["split"] == "train"
     with pytest.raises(ValueError, match=r"available fields: \['content'\]"):
         list(corpus("json", data_files=str(f)))
+    latin = tmp_path / "latin.jsonl"; latin.write_bytes('{"text": "café"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"dataset 'json' is not utf-8 text .*encoding='latin-1'"):
+        list(corpus("json", data_files=str(latin)))
+    assert list(corpus("json", data_files=str(latin), encoding="latin-1")) == ["café"]    # datasets' own argument
 
 def test_hf_without_datasets_is_a_clear_error(monkeypatch):
     real = builtins.__import__
@@ -88,3 +92,22 @@ def test_hf_without_datasets_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_datasets)
     with pytest.raises(ImportError, match="pip install datasets"):
         list(corpus("HuggingFaceFW/fineweb"))
+
+def test_non_utf8_files_name_the_file_and_the_fix(tmp_path):
+    text = "café au lait\n\nnaïve"
+    (tmp_path / "a.txt").write_bytes(text.encode("latin-1"))
+    (tmp_path / "b.jsonl").write_bytes(json.dumps({"text": "x"}).encode() + b"\n" + '{"text": "é"}'.encode("latin-1") + b"\n")
+    fix = r"encoding='latin-1'\), or errors='replace'"
+    for sample_by in ("document", "line", "paragraph"):
+        with pytest.raises(ValueError, match=rf"a\.txt is not utf-8 text \(invalid continuation byte: b'\\xe9'.*{fix}"):
+            list(corpus(tmp_path / "a.txt", sample_by=sample_by))
+    with pytest.raises(ValueError, match=rf"b\.jsonl is not utf-8 text .*{fix}"): list(corpus(tmp_path / "b.jsonl"))
+    d = tmp_path / "dir"; d.mkdir()
+    (d / "good.txt").write_text("fine"); shutil.copy(tmp_path / "a.txt", d / "z.txt")
+    with pytest.raises(ValueError, match=r"dir/z\.txt is not utf-8 text"): list(corpus(d))      # which file, in a directory
+    assert list(corpus(tmp_path / "a.txt", encoding="latin-1")) == [text]
+    assert list(corpus(tmp_path / "a.txt", encoding="latin-1", sample_by="paragraph")) == ["café au lait", "naïve"]
+    assert list(corpus(tmp_path / "b.jsonl", encoding="latin-1")) == ["x", "é"]
+    assert list(corpus(tmp_path / "a.txt", errors="replace", sample_by="line")) == ["caf\ufffd au lait", "na\ufffdve"]
+    with pytest.raises(ValueError, match="not a Python codec"): corpus(tmp_path / "a.txt", encoding="utf-9")
+    with pytest.raises(ValueError, match="error handler"): corpus(tmp_path / "a.txt", errors="ignore-ish")

@@ -72,15 +72,16 @@ def test_invert_exactly():
     # inverse up to float32 rounding at the data's magnitude (a few ulps of max |x|)
     ulp = torch.finfo(torch.float32).eps * float(x.abs().max())
     torch.testing.assert_close(b.denormalize(z), x, atol=4 * ulp, rtol=0)
+    # exact: the same elementwise float32 operations (IEEE-rounded, independent of the CPU's BLAS)
     torch.testing.assert_close(z, (x - b.mean) / (b.std + 1e-8), atol=0, rtol=0)
     zs = ZScore(b.mean, b.std, 1e-8)
-    assert torch.equal(zs(x), z)
+    assert torch.equal(zs(x), z)                                   # the same function of the same statistics
 
 def test_save_and_load_stats(tmp_path):
     b = ActivationsDatasetBuilder(data(), progress=False)
     p = b.save_stats(tmp_path / "sub" / "norm.safetensors")
     z = ZScore.load(p)
-    assert torch.equal(z.mean, b.mean) and torch.equal(z.std, b.std) and z.eps == 1e-8 and z.n == 800
+    assert torch.equal(z.mean, b.mean) and torch.equal(z.std, b.std) and z.eps == 1e-8 and z.n == 800   # bytes written and read
     assert [f.name for f in (tmp_path / "sub").iterdir()] == ["norm.safetensors"]          # no temp file left
     x = data(10, seed=9)
     assert torch.equal(z.denormalize(z.normalize(x)), b.denormalize(b.normalize(x)))
@@ -114,6 +115,7 @@ def test_files_pt_and_safetensors(tmp_path):
     save_file({"acts": x, "other": x[:5].clone()}, str(tmp_path / "m.safetensors"))
     for src, kw in (("a.pt", {}), ("d.pt", {}), ("a.safetensors", {}), ("m.safetensors", {"key": "acts"})):
         b = ActivationsDatasetBuilder(str(tmp_path / src), progress=False, **kw)
+        # exact: the same rows through the same float64 reductions on the same chunk shapes
         assert torch.equal(b.mean, ref.mean) and torch.equal(b.std, ref.std), src
         assert torch.equal(all_rows(b.get_dataloaders()[1]), all_rows(ref.get_dataloaders()[1])), src
     with pytest.raises(ValueError, match="choose one with key="): ActivationsDatasetBuilder(str(tmp_path / "m.safetensors"))
@@ -148,7 +150,7 @@ def test_store_directory_and_object(store_dir):
     # the same from the store object, and from a tensor holding the same rows
     b2 = ActivationsDatasetBuilder(store, hook=h, seed=1, progress=False)
     b3 = ActivationsDatasetBuilder(full, seed=1, progress=False)
-    assert torch.equal(b2.mean, b.mean) and torch.equal(b3.train_indices, b.train_indices)
+    assert torch.equal(b2.mean, b.mean) and torch.equal(b3.train_indices, b.train_indices)   # the same store, the same reductions
     torch.testing.assert_close(b3.std, b.std, atol=0, rtol=1e-6)
 
 # --- errors --------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ def test_mlp_acts_equal_run_with_cache(smol):
         acts = ex.get_mlp_acts(TEXT)
         _, cache = smol.run_with_cache(TEXT, f"blocks.{layer}.mlp.hook_post")
         assert acts.shape == (len(smol.to_tokens(TEXT)[0]), smol.cfg.d_mlp) == (acts.shape[0], 1536)
+        # exact: the extractor's forward stops after block `layer`; the blocks before are the same kernels on the same shapes
         assert torch.equal(acts, cache[f"blocks.{layer}.mlp.hook_post"][0])
         assert acts.device.type == "cpu"
 
@@ -65,13 +66,13 @@ def test_negative_layer_counts_from_end(smol):
     assert ExtractSingleSample(smol, layer=-1).layer == 29 and ExtractSingleSample(smol, layer=-30).layer == 0
     a = ExtractSingleSample(smol, layer=-28)
     assert a.layer == 2
-    assert torch.equal(a.get_mlp_acts(TEXT), ExtractSingleSample(smol, layer=2).get_mlp_acts(TEXT))
+    assert torch.equal(a.get_mlp_acts(TEXT), ExtractSingleSample(smol, layer=2).get_mlp_acts(TEXT))     # the same call
 
 def test_get_acts_names_and_dict(smol):
     ex = ExtractSingleSample(smol, layer=2)
     n = len(ex.tokens(TEXT))
     rel, full = ex.get_acts(TEXT, "hook_resid_post"), ex.get_acts(TEXT, "blocks.2.hook_resid_post")
-    assert torch.equal(rel, full)
+    assert torch.equal(rel, full)                                          # the same call
     names = ["attn.hook_pattern", "blocks.7.hook_resid_pre", "ln_final.hook_normalized", "mlp.hook_post"]
     got = ex.get_acts(TEXT, names)
     assert list(got) == ["blocks.2.attn.hook_pattern", "blocks.7.hook_resid_pre", "ln_final.hook_normalized",
@@ -79,7 +80,7 @@ def test_get_acts_names_and_dict(smol):
     assert got["blocks.2.attn.hook_pattern"].shape == (9, n, n)
     torch.testing.assert_close(got["blocks.2.attn.hook_pattern"].sum(-1), torch.ones(9, n))
     _, cache = smol.run_with_cache(TEXT, list(got))
-    for k, v in got.items(): assert torch.equal(v, cache[k][0]), k
+    for k, v in got.items(): assert torch.equal(v, cache[k][0]), k       # the same hooks, the same full forward
 
 def test_forward_stops_after_needed_block(smol):
     "Only the blocks up to the hook's layer run (a plain forward hook on later blocks never fires)."
@@ -122,6 +123,7 @@ def test_tiny_families_token_ids(family):
     ex = ExtractSingleSample(m, layer=-1, device="cpu")
     acts = ex.get_mlp_acts(ids)
     _, cache = m.run_with_cache(ids[None], "blocks.1.mlp.hook_post")
+    # exact: both forwards run every block (the last one is hooked) with the same kernels on the same shapes
     assert torch.equal(acts, cache["blocks.1.mlp.hook_post"][0]) and acts.shape == (9, m.cfg.d_mlp)
     if family == "gpt2":
         ref = plain_capture(hf.transformer.h[1].mlp.act, ids[None], hf)
@@ -206,10 +208,10 @@ def test_from_hf_rows_equal_reference(tiny_tok, jsonl, tmp_path):
     torch.testing.assert_close(feats, reference_rows(tiny_tok, DOCS, 16, 80, fh.hook), atol=1e-5, rtol=1e-5)
     # the store on disk holds the same rows, and its token ids decode back to the corpus text
     assert fh.store_dir == tmp_path / "feats" / "features_blocks.1.mlp.hook_post_80" and fh.store.path == fh.store_dir
-    assert torch.equal(ActivationStore(fh.store_dir).get(slice(None), fh.hook), feats)
+    assert torch.equal(ActivationStore(fh.store_dir).get(slice(None), fh.hook), feats)        # the same bytes, read twice
     text = tiny_tok.tokenizer.decode(fh.store.tokens(slice(None)).tolist())
     assert " ".join(DOCS).replace(" ", "").startswith(text.replace(" ", ""))
-    # a rerun reuses the finished store; another model in the same place is refused
+    # a rerun reuses the finished store (the same bytes); another model in the same place is refused
     assert torch.equal(FromHuggingFace(tiny_tok, layer=-2, dataset_name=str(jsonl), text_field="body", num_samples=5,
                                        seq_length=16, out_dir=tmp_path / "feats", progress=False).extract_features(), feats)
     import transformers as T
