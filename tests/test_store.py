@@ -44,8 +44,9 @@ def _shard_tokens(store, i):
     d, k, _, _ = store.shards[i]
     return load_file(str(d / f"tokens-{k:05d}.safetensors"))
 
-def _check_rows_equal_cache(m, store, hooks, atol=1e-6):
-    "Every row of the store equals run_with_cache on the stored contexts, at the kept positions."
+def _check_rows_equal_cache(m, store, hooks, atol=1e-6, rtol=0.0):
+    """Every row of the store equals run_with_cache on the stored contexts, at the kept positions, to rounding: the
+    cache runs a shard's contexts in one forward, the build in batches of its own size (other matmul shapes)."""
     row = 0
     for i in range(len(store.shards)):
         t = _shard_tokens(store, i)
@@ -58,7 +59,7 @@ def _check_rows_equal_cache(m, store, hooks, atol=1e-6):
             ref = a[keep].flatten(1)
             got = store.get(slice(row, row + n), h)
             assert got.dtype == torch.float32
-            torch.testing.assert_close(got, ref, atol=atol, rtol=0)
+            torch.testing.assert_close(got, ref, atol=atol, rtol=rtol)
         row += n
     assert row == len(store)
 
@@ -108,7 +109,9 @@ def test_default_model_rows(tmp_path, docs):
     hooks = ["blocks.3.hook_resid_post", "blocks.5.mlp.hook_post"]
     s = ActivationStore.build(m, docs, hooks, 150, tmp_path / "s", context_size=32, batch_size=4, progress=False)
     assert s.widths == {"blocks.3.hook_resid_post": 576, "blocks.5.mlp.hook_post": 1536}
-    _check_rows_equal_cache(m, s, hooks, atol=1e-5)
+    # activations of magnitude ~10 after several blocks: batch-shape rounding reaches ~1e-5 relative on CPUs whose BLAS blocks
+    # by batch (AVX2 MKL, AMD), so the check is relative
+    _check_rows_equal_cache(m, s, hooks, atol=1e-5, rtol=1e-4)
     assert s.meta["model"].endswith("SmolLM2-135M-Instruct")
 
 def test_tokens_decode_to_source(tiny, docs, tmp_path):
