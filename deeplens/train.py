@@ -317,7 +317,7 @@ class SAETrainer:
 
         self.d_in, self.d_sae = _sae_dims(model)
         self.arch = _arch(model)
-        self._aux_on = bool(auxk) and self.arch in ("topk", "batchtopk")
+        self._aux_on = bool(auxk) and self.arch in ("topk", "batchtopk", "matryoshka")
         self._beta_l1 = getattr(model, "beta_l1", None)
 
         # data
@@ -786,7 +786,7 @@ def configure_train(ap: argparse.ArgumentParser):
     ap.add_argument("--store", required=True, help="ActivationStore directory")
     ap.add_argument("--hook", help="hook to train on (default: the store's only hook)")
     ap.add_argument("--arch", default="topk", choices=ARCHITECTURES)
-    ap.add_argument("--k", type=int, default=32, help="latents kept per row (topk/batchtopk)")
+    ap.add_argument("--k", type=int, default=32, help="latents kept per row (topk/batchtopk/matryoshka)")
     ap.add_argument("--beta-l1", type=float, default=None, help="L1 coefficient (relu/gated)")
     ap.add_argument("--expansion", type=int, default=8, help="d_sae = expansion * d_in")
     ap.add_argument("--tokens", type=int, required=True, help="training tokens")
@@ -815,7 +815,7 @@ def run_train(a) -> int:
     if hook not in store.hooks: raise ValueError(f"--hook {hook!r} is not in the store; it holds {store.hooks}")
     train_rows, eval_rows = (store.split(1 - a.eval_fraction) if a.eval_fraction > 0 else (store, None))
     d = store.widths[hook]
-    kw = {"k": a.k} if a.arch in ("topk", "batchtopk") else ({"beta_l1": a.beta_l1} if a.beta_l1 is not None else {})
+    kw = {"k": a.k} if a.arch in ("topk", "batchtopk", "matryoshka") else ({"beta_l1": a.beta_l1} if a.beta_l1 is not None else {})
     torch.manual_seed(a.seed)
     sae = SparseAutoencoder(d, a.expansion * d, architecture=a.arch, hook_name=hook, model_name=store.meta.get("model"), **kw)
     tr = SAETrainer(sae, model_name=Path(a.out).name, store=train_rows, hook=hook, total_tokens=a.tokens,
