@@ -429,7 +429,7 @@ class SAETrainer:
 
         self.d_in, self.d_sae = _sae_dims(model)
         self.arch = _arch(model)
-        self._aux_on = bool(auxk) and self.arch in ("topk", "batchtopk")
+        self._aux_on = bool(auxk) and self.arch in ("topk", "batchtopk", "matryoshka")
         self._beta_l1 = getattr(model, "beta_l1", None)
 
         # data
@@ -978,7 +978,7 @@ def configure_train(ap: argparse.ArgumentParser):
     ap.add_argument("--store", required=True, help="ActivationStore directory")
     ap.add_argument("--hook", help="hook to train on (default: the store's only hook)")
     ap.add_argument("--arch", default="topk", choices=ARCHITECTURES)
-    ap.add_argument("--k", type=pos, default=32, help="latents kept per row (topk/batchtopk)")
+    ap.add_argument("--k", type=pos, default=32, help="latents kept per row (topk/batchtopk/matryoshka)")
     ap.add_argument("--beta-l1", type=_opt(">=0"), default=None, help="L1 coefficient (relu/gated)")
     ap.add_argument("--expansion", type=pos, default=8, help="d_sae = expansion * d_in")
     ap.add_argument("--tokens", type=pos, required=True, help="training tokens")
@@ -1029,10 +1029,10 @@ def run_train(a) -> int:
     if hook not in store.hooks: raise ValueError(f"--hook {hook!r} is not in the store; it holds {store.hooks}")
     train_rows, eval_rows = _split_rows(store, a.eval_fraction)
     d = store.widths[hook]
-    if a.arch in ("topk", "batchtopk") and a.k > a.expansion * d:
+    if a.arch in ("topk", "batchtopk", "matryoshka") and a.k > a.expansion * d:
         raise ValueError(f"--k {a.k} is more than the SAE's {a.expansion * d} latents (--expansion {a.expansion} × "
                          f"d_in {d}): lower --k or raise --expansion")
-    kw = {"k": a.k} if a.arch in ("topk", "batchtopk") else ({"beta_l1": a.beta_l1} if a.beta_l1 is not None else {})
+    kw = {"k": a.k} if a.arch in ("topk", "batchtopk", "matryoshka") else ({"beta_l1": a.beta_l1} if a.beta_l1 is not None else {})
     torch.manual_seed(a.seed)
     sae = SparseAutoencoder(d, a.expansion * d, architecture=a.arch, hook_name=hook, model_name=store.meta.get("model"), **kw)
     try:

@@ -48,10 +48,12 @@ def test_metrics_match_hand_computation():
     x, x_hat, z = x.double(), x_hat.double().detach(), z.detach()
     rss, tss = ((x - x_hat) ** 2).sum(), ((x - x.mean(0)) ** 2).sum()
     assert m["n_tokens"] == 500
-    assert m["fvu"] == pytest.approx(float(rss / tss), rel=1e-9)
-    assert m["explained_variance"] == pytest.approx(1 - float(rss / tss), rel=1e-9)
-    assert m["mse"] == pytest.approx(float(((x - x_hat) ** 2).mean()), rel=1e-9)
-    assert m["l0"] == 3.0
+    # sae_metrics encodes batches of 64 rows, the reference all 500 at once: float32 products of different shapes
+    # may round differently (BLAS blocking differs per CPU), hence 1e-6 and not float64's 1e-9
+    assert m["fvu"] == pytest.approx(float(rss / tss), rel=1e-6)
+    assert m["explained_variance"] == pytest.approx(1 - float(rss / tss), rel=1e-6)
+    assert m["mse"] == pytest.approx(float(((x - x_hat) ** 2).mean()), rel=1e-6)
+    assert m["l0"] == 3.0               # a count (1500 nonzero codes / 500 rows): exact
     dens = (z != 0).double().mean(0)
     assert m["dead_fraction"] == pytest.approx(float((dens == 0).double().mean()))
     assert m["dense_fraction"] == pytest.approx(float((dens > 0.1).double().mean()))
@@ -74,7 +76,8 @@ def test_metrics_from_an_activation_store(tiny, docs, tmp_path):
     s = SparseAutoencoder(32, 128, k=4, hook_name=HOOK)
     m = sae_metrics(s, st, batch_size=64)
     ref = sae_metrics(s, st.get(slice(None), HOOK))
-    for k in ("n_tokens", "fvu", "l0", "dead_fraction"): assert m[k] == pytest.approx(ref[k], rel=1e-9)
+    for k in ("n_tokens", "l0", "dead_fraction"): assert m[k] == pytest.approx(ref[k], rel=1e-9)     # counts
+    assert m["fvu"] == pytest.approx(ref["fvu"], rel=1e-6)      # batches of 64 vs 4096 rows: float32 rounding
     assert m["n_tokens"] == 300
 
 def _hf_ce(hf, ids, replace=None):
@@ -105,7 +108,7 @@ def test_ce_recovered_and_kl_identity_and_zero(tiny):
     assert r["fvu"] == pytest.approx(0.0, abs=1e-10) and r["n_tokens"] == 96
     z = evaluate_sae(zero_sae(d), tiny, HOOK, ids, n_tokens=96, progress=False)
     assert z["ce_loss_score"] == pytest.approx(0.0, abs=1e-6) and z["kl_div_score"] == pytest.approx(0.0, abs=1e-6)
-    assert z["dead_fraction"] == 1.0 and z["l0"] == 0.0
+    assert z["dead_fraction"] == 1.0 and z["l0"] == 0.0     # all weights 0: every code is exactly relu(0) = 0
 
 def test_partial_sae_score_matches_hand_formula(tiny):
     "A random TopK SAE: the score is (CE_zero − CE_sae)/(CE_zero − CE_clean) with CE_sae from a plain HF hook."

@@ -5,7 +5,7 @@ resumed run replays exactly the kernels, shapes and thread count (one, determini
 uninterrupted run it is compared with, in the same process or a subprocess on the same machine, so its floats
 are bit-identical on any CPU; and a file round trip returns the bytes it was given. Different computations
 (sparse vs dense path, 2 ranks vs 1, trainer vs hand formula) are compared with a stated tolerance."""
-import hashlib, json, os, re, shutil, signal, subprocess, sys
+import hashlib, json, os, re, shutil, signal, subprocess, sys, zlib
 from pathlib import Path
 sys.path.insert(0, os.path.dirname(__file__))
 from tiny import text_llama
@@ -226,6 +226,11 @@ def test_nan_in_batch_names_step_and_keeps_checkpoint(store, tmp_path):
     f = next(bad.glob(f"acts-{HOOK}-*.safetensors"))
     acts = load_file(str(f))["acts"].clone(); acts[1234, 5] = float("nan")
     save_file({"acts": acts}, str(f))
+    # record the edited file as written (size and CRC-32), as a store whose writer wrote the NaN would: the store's
+    # integrity check passes and the NaN reaches the trainer
+    meta = json.loads((bad / "meta.json").read_text())
+    meta["shards"][0]["files"][f.name] = {"bytes": f.stat().st_size, "crc32": f"{zlib.crc32(f.read_bytes()):08x}"}
+    (bad / "meta.json").write_text(json.dumps(meta))
     out = tmp_path / "run"
     sae = SparseAutoencoder(32, 128, k=4)
     tr = SAETrainer(sae, store=bad, batch_size=64, total_tokens=64 * 200, lr=1e-3, out_dir=out, checkpoint_steps=5,
