@@ -84,19 +84,24 @@ def steering_chart(rows: list[dict], title: str = ""):
 # %% ../nbs/65_demo.ipynb #1f980a85
 def _say(msg): print(f"[deeplens demo] {msg}", flush=True)
 
-def rank_features(stats, coherence, *, k: int = 10, min_docs: int = 3) -> list[int]:
-    """Live features, the easiest to judge first: ordered by whether they have `k` top examples from at least
-    `min_docs` documents, then by `coherence` (from `feature_coherence`), documents and density."""
+def rank_features(stats, coherence=None, *, k: int = 10, min_docs: int = 3) -> list[int]:
+    """Live features (firing on 0.1–10% of tokens, maximum within 10× the median maximum), the easiest to judge
+    first: with `coherence` (from `feature_coherence`) those with `k` top examples from at least `min_docs` documents
+    first, then by coherence, documents and density; without it, by density."""
     d, mx = stats.density, stats.max_activation
     live = torch.nonzero((d > 1e-3) & (d < 0.1)).flatten()
     if len(live) == 0: raise ValueError("no feature fires on 0.1-10% of tokens; train longer or on more tokens")
-    live = live[mx[live] <= 10 * mx[live].median()].tolist()
-    co = coherence.loc[live]
+    live = live[mx[live] <= 10 * mx[live].median()]
+    if coherence is None: return live[d[live].argsort(descending=True, stable=True)].tolist()
+    co = coherence.loc[live.tolist()]
     co = co.assign(full=(co["examples"] >= k) & (co["docs"] >= min_docs), density=d[live].numpy())
     return co.sort_values(["full", "coherence", "docs", "density"], ascending=False, kind="stable").index.tolist()
 
-def pick_features(ranked: list[int], coherence, n: int) -> list[int]:
-    "The first `n` of `ranked` with different patterns (runs of a repeated character count as one character)."
+def pick_features(stats, n: int, coherence=None, **kw) -> list[int]:
+    """The first `n` features of `rank_features(stats, coherence, **kw)`; with `coherence`, one per pattern (runs of
+    a repeated character count as one character)."""
+    ranked = rank_features(stats, coherence, **kw)
+    if coherence is None: return ranked[:n]
     seen, out = set(), []
     for f in ranked:
         p = re.sub(r"(.)\1+", r"\1", coherence.loc[f, "pattern"])
@@ -200,7 +205,7 @@ def run_demo(model=None, layer: int | None = None, n_tokens: int = 50_000, out_d
     stats = feature_stats(sae, store, hook, k=10, progress=progress)
     coherence = feature_coherence(stats, store)
     ranked = rank_features(stats, coherence)
-    shown, cands = pick_features(ranked, coherence, n_features), ranked[:n_candidates]
+    shown, cands = pick_features(stats, n_features, coherence), ranked[:n_candidates]
     logits = {r["feature"]: r["top_tokens"].tolist() for r in feature_logits(sae, m, sorted(set(shown) | set(cands)), k=10)}
     words = lambda ids: [m.tokenizer.decode([int(i)]) for i in ids]
     record = lambda f: _feature_record(f, stats, coherence, store, words(logits[f]))

@@ -1,6 +1,6 @@
 """deeplens.demo: the features it shows are the most coherent ones (recomputed from what it saved), and its steering
 numbers equal an independent recomputation with plain transformers and a hand-made forward hook."""
-import json, os, sys
+import html, json, os, sys
 sys.path.insert(0, os.path.dirname(__file__))
 from tiny import text_llama, widen
 import pytest
@@ -31,7 +31,7 @@ def test_report_and_summary(demo):
     assert s["steer_feature"] == r["steer_feature"] and s["promoted_probability_steered"] == r["promoted_probability_steered"]
     assert [f["feature"] for f in s["features"]] == [f["feature"] for f in r["features"]]
     assert page.count("<mark>") >= sum(len(f["top_examples"]) for f in r["features"]) and page.count("<svg") == 3
-    assert f"feature {r['steer_feature']}" in page and r["steered_generation"].split()[-1] in page
+    assert f"Feature {r['steer_feature']} fires on" in page and html.escape(r["steered_generation"]) in page
 
 def test_shown_features_are_the_most_coherent(demo):
     "Recomputed from the saved store and SAE: the shown features lead the coherence ranking, one per pattern."
