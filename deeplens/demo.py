@@ -15,13 +15,14 @@ from .store import ActivationStore
 from .sae import SparseAutoencoder
 from .train import SAETrainer
 from .evals import evaluate_sae
-from .features import feature_stats, feature_coherence, feature_logits, context_tokens
+from .features import feature_stats, feature_coherence, feature_logits, context_tokens, token_class
 from .intervene import steer_features
 from .charts import to_svg, training_curves, density_histogram
 
 # %% auto #0
 __all__ = ['Markup', 'html_table', 'example_html', 'write_report', 'steering_chart', 'rank_features', 'pick_features',
-           'token_probabilities', 'lift', 'screen_steering', 'steered_generation', 'demo_layer', 'run_demo']
+           'token_probabilities', 'lift', 'screen_steering', 'steered_generation', 'choose_and_steer', 'demo_layer',
+           'run_demo']
 
 # %% ../nbs/65_demo.ipynb #6d01d468
 class Markup(str):
@@ -77,7 +78,8 @@ def steering_chart(rows: list[dict], title: str = ""):
     "Mean probability of each of the feature's promoted tokens over the continuation, plain and steered."
     import altair as alt, pandas as pd
     return alt.Chart(pd.DataFrame(rows), title=title).mark_bar().encode(
-        x=alt.X("token:N", title=None, sort=None), y=alt.Y("probability:Q", title="mean probability per position"),
+        x=alt.X("token:N", title=None, sort=None, axis=alt.Axis(labelAngle=-40)),
+        y=alt.Y("probability:Q", title="mean probability per position"),
         color=alt.Color("run:N", sort=["plain", "steered"]), xOffset=alt.XOffset("run:N", sort=["plain", "steered"])
     ).properties(width=520, height=200)
 
@@ -144,6 +146,51 @@ def steered_generation(model, sae, feature: int, alpha: float, prompt: str, prom
     return {"feature": feature, "alpha": alpha, "ids": ids, "plain": plain[:, promoted], "steered": p,
             "before": before, "after": after, "lift": lift(before, after)}
 
+# %% ../nbs/65_demo.ipynb #c46cfa43
+def choose_and_steer(model, sae, store, hook: str, *, n_features: int = 4, n_candidates: int = 32,
+                     steer_scale: float = 3.0, prompt: str = "The best way to learn Python is", max_new_tokens: int = 24,
+                     progress: bool = True) -> tuple[dict, object]:
+    """The demo's stages 4 and 5 on any SAE and the store it reads: the most coherent features (`n_features`, one per
+    pattern), and a generation steered with the one of the `n_candidates` most coherent features whose promoted tokens
+    rise most. → (the numbers and feature records the report shows, the `FeatureStats`)."""
+    stats = feature_stats(sae, store, hook, k=10, progress=progress)
+    coherence = feature_coherence(stats, store)
+    ranked = rank_features(stats, coherence)
+    shown, cands = pick_features(stats, n_features, coherence), ranked[:n_candidates]
+    logits = {r["feature"]: r["top_tokens"].tolist() for r in feature_logits(sae, model, sorted(set(shown) | set(cands)), k=10)}
+    tok = model.tokenizer.decode
+    words = lambda ids: [tok([int(i)]) for i in ids]
+    record = lambda f: _feature_record(f, stats, coherence, store, words(logits[f]))
+
+    _say(f"5/5 steering: screening the {len(cands)} most coherent features, generating with the best three")
+    n_prompt = model.to_tokens(prompt).shape[-1]
+    plain_ids = model.generate(prompt, max_new_tokens=max_new_tokens, return_type="tokens")
+    plain = token_probabilities(model, plain_ids, n_prompt)
+    screen = screen_steering(model, sae, cands, logits, {f: steer_scale * float(stats.max_activation[f]) for f in cands},
+                             plain_ids, n_prompt, plain)
+    tried = {r["feature"]: steered_generation(model, sae, r["feature"], r["alpha"], prompt, logits[r["feature"]], plain,
+                                              n_prompt, max_new_tokens) for r in screen[:3]}
+    best = max(tried.values(), key=lambda g: g["lift"])
+    f0, t = best["feature"], logits[best["feature"]]
+    count = lambda ids: sum(int(i) in set(t) for i in ids[0, n_prompt:])
+    bars = [{"token": _visible(tok([i])), "run": run, "probability": float(p[:, j].mean())}
+            for run, p in (("plain", best["plain"]), ("steered", best["steered"])) for j, i in enumerate(t)]
+    gen = lambda f, key: tried[f][key] if f in tried else None
+    candidates = [{"feature": r["feature"], "pattern": coherence.loc[r["feature"], "pattern"],
+                   "promotes": words(logits[r["feature"]][:5]), "screen_plain": r["before"], "screen_steered": r["after"],
+                   "screen_lift": r["lift"], "generated_steered": gen(r["feature"], "after"),
+                   "generated_lift": gen(r["feature"], "lift")} for r in screen[:8]]
+    return {"coherent_fraction": float((coherence.loc[ranked, "coherence"] >= 0.8).mean()),
+            "features": [record(f) for f in shown], "steer_feature": f0, "steer": record(f0), "steer_alpha": best["alpha"],
+            "steer_scale": steer_scale, "promoted_tokens": words(t), "promoted_token_ids": t,
+            "promoted_probability_plain": best["before"], "promoted_probability_steered": best["after"],
+            "promoted_lift": best["lift"], "promoted_count_plain": count(plain_ids),
+            "promoted_count_steered": count(best["ids"]), "prompt": prompt, "n_prompt_tokens": n_prompt,
+            "generation": tok(plain_ids[0], skip_special_tokens=True),
+            "steered_generation": tok(best["ids"][0], skip_special_tokens=True),
+            "plain_token_ids": plain_ids[0].tolist(), "steered_token_ids": best["ids"][0].tolist(),
+            "steer_probabilities": bars, "steering_candidates": candidates}, stats
+
 # %% ../nbs/65_demo.ipynb #b4a2c00d
 def _check_run_args(kw: dict):
     "Positive ints, positive finite numbers and a prompt, before anything loads."
@@ -202,77 +249,46 @@ def run_demo(model=None, layer: int | None = None, n_tokens: int = 50_000, out_d
     ev = evaluate_sae(sae, m, hook, texts, eval_tokens, progress=progress)
 
     _say("4/5 feature statistics; ranking features by how coherent their max-activating examples are")
-    stats = feature_stats(sae, store, hook, k=10, progress=progress)
-    coherence = feature_coherence(stats, store)
-    ranked = rank_features(stats, coherence)
-    shown, cands = pick_features(stats, n_features, coherence), ranked[:n_candidates]
-    logits = {r["feature"]: r["top_tokens"].tolist() for r in feature_logits(sae, m, sorted(set(shown) | set(cands)), k=10)}
-    words = lambda ids: [m.tokenizer.decode([int(i)]) for i in ids]
-    record = lambda f: _feature_record(f, stats, coherence, store, words(logits[f]))
-
-    _say(f"5/5 steering: screening the {len(cands)} most coherent features, generating with the best three")
-    n_prompt = m.to_tokens(prompt).shape[-1]
-    plain_ids = m.generate(prompt, max_new_tokens=max_new_tokens, return_type="tokens")
-    plain = token_probabilities(m, plain_ids, n_prompt)
-    screen = screen_steering(m, sae, cands, logits, {f: steer_scale * float(stats.max_activation[f]) for f in cands},
-                             plain_ids, n_prompt, plain)
-    tried = [steered_generation(m, sae, r["feature"], r["alpha"], prompt, logits[r["feature"]], plain, n_prompt,
-                                max_new_tokens) for r in screen[:3]]
-    best = max(tried, key=lambda g: g["lift"])
-    f0, t = best["feature"], logits[best["feature"]]
-    count = lambda ids: sum(int(i) in set(t) for i in ids[0, n_prompt:])
-    tok = m.tokenizer.decode
-    bars = [{"token": _visible(tok([i])), "run": run, "probability": float(p[:, j].mean())}
-            for run, p in (("plain", best["plain"]), ("steered", best["steered"])) for j, i in enumerate(t)]
-    generated = {g["feature"]: g for g in tried}
-    candidates = [{"feature": r["feature"], "pattern": coherence.loc[r["feature"], "pattern"],
-                   "promotes": words(logits[r["feature"]][:5]), "screen_plain": r["before"], "screen_steered": r["after"],
-                   "screen_lift": r["lift"], "generated_steered": generated[r["feature"]]["after"] if r["feature"] in generated else None,
-                   "generated_lift": generated[r["feature"]]["lift"] if r["feature"] in generated else None}
-                  for r in screen[:8]]
-
+    found, stats = choose_and_steer(m, sae, store, hook, n_features=n_features, n_candidates=n_candidates,
+                                    steer_scale=steer_scale, prompt=prompt, max_new_tokens=max_new_tokens, progress=progress)
     result = {"model": name, "hook": hook, "n_tokens": len(store), "train_tokens": trainer.step * batch_size,
               "held_out_fvu": held_ev["eval_fvu"], "l0": ev["l0"], "fvu": ev["fvu"], "ce_loss_score": ev["ce_loss_score"],
-              "kl_div_score": ev["kl_div_score"], "dead_fraction": float((stats.density == 0).float().mean()),
-              "coherent_fraction": float((coherence.loc[ranked, "coherence"] >= 0.8).mean()),
-              "features": [record(f) for f in shown], "steer_feature": f0, "steer": record(f0), "steer_alpha": best["alpha"],
-              "steer_scale": steer_scale, "promoted_tokens": words(t), "promoted_token_ids": t,
-              "promoted_probability_plain": best["before"], "promoted_probability_steered": best["after"],
-              "promoted_lift": best["lift"], "promoted_count_plain": count(plain_ids),
-              "promoted_count_steered": count(best["ids"]), "prompt": prompt, "n_prompt_tokens": n_prompt,
-              "generation": tok(plain_ids[0], skip_special_tokens=True),
-              "steered_generation": tok(best["ids"][0], skip_special_tokens=True),
-              "plain_token_ids": plain_ids[0].tolist(), "steered_token_ids": best["ids"][0].tolist(),
-              "steer_probabilities": bars, "steering_candidates": candidates}
+              "kl_div_score": ev["kl_div_score"], "dead_fraction": float((stats.density == 0).float().mean()), **found}
     result["seconds"] = time.time() - t0
-    _write(out, trainer, stats, result)
+    _write(out, trainer.history, stats, result)
     _say(f"done in {result['seconds']:.0f} s: held-out FVU {result['held_out_fvu']:.3f}, L0 {result['l0']:.1f}, "
-         f"CE loss recovered {result['ce_loss_score']:.3f}; steering with feature {f0} raised its promoted tokens from "
+         f"CE loss recovered {result['ce_loss_score']:.3f}; steering with feature {result['steer_feature']} raised its promoted tokens from "
          f"{result['promoted_probability_plain']:.2%} to {result['promoted_probability_steered']:.2%} per position; "
          f"report: {out / 'report.html'}")
     return result
 
 def _feature_record(f: int, stats, coherence, store, promotes: list[str], n_examples: int = 5) -> dict:
-    "What the report shows of feature `f`: its numbers, pattern, promoted tokens and top examples (as HTML)."
+    "What the report shows of feature `f`: its numbers, pattern, commonest token, promoted tokens, top examples (HTML)."
+    from collections import Counter
     c = coherence.loc[f]
+    rows = stats.top_rows[f][stats.top_rows[f] >= 0]
+    words = [store.tokenizer.decode([int(t)]) for t in store.token_index(rows)["token"]]
+    token = Counter(w for w in words if token_class(w) == c["pattern"]).most_common(1)[0][0] if len(rows) else ""
     exs = []
     for v, r in zip(stats.top_values[f, :n_examples].tolist(), stats.top_rows[f, :n_examples].tolist()):
         if r < 0: break                                   # fewer than n_examples rows fired
         ids, p = context_tokens(store, r)
         exs.append({"activation": v, "text": example_html(ids, p, store.tokenizer)})
     return {"feature": f, "density": float(stats.density[f]), "max_activation": float(stats.max_activation[f]),
-            "pattern": c["pattern"], "coherence": float(c["coherence"]), "examples": int(c["examples"]),
+            "pattern": c["pattern"], "token": token, "coherence": float(c["coherence"]), "examples": int(c["examples"]),
             "in_pattern": round(float(c["coherence"]) * int(c["examples"])), "docs": int(c["docs"]),
             "promotes": promotes, "top_examples": exs}
 
 def _feature_html(f: dict, heading: bool = True) -> str:
     "A feature's heading, its numbers and promoted tokens, and its top examples."
-    head = f"<h3>feature {f['feature']}: <mark>{html.escape(_visible(f['pattern']))}</mark></h3>" if heading else ""
-    return (head + f"<p>{f['in_pattern']} of its {f['examples']} top examples fire on this token, from {f['docs']} "
+    head = f"<h3>feature {f['feature']}: <mark>{html.escape(_visible(f['token']))}</mark></h3>" if heading else ""
+    what = (f"a {html.escape(f['pattern'][1:-1])} token" if f["pattern"].startswith("<") else
+            f"<mark>{html.escape(f['pattern'])}</mark> (ignoring case and spaces)")
+    return (head + f"<p>{f['in_pattern']} of its {f['examples']} top examples fire on {what}, from {f['docs']} "
             f"documents; it fires on {f['density']:.2%} of tokens, max activation {f['max_activation']:.3g}.<br>"
             f"promotes (direct logit effect): <code>{_tokens(f['promotes'])}</code></p>" + html_table(f["top_examples"]))
 
-def _write(out: Path, trainer, stats, r: dict):
+def _write(out: Path, history: list[dict], stats, r: dict):
     "The HTML report plus `summary.json` with the same numbers (examples as text, without markup)."
     plain = lambda f: {k: v for k, v in f.items() if k != "top_examples"}
     summary = {k: v for k, v in r.items() if k not in ("features", "steer")} | {
@@ -287,7 +303,7 @@ def _write(out: Path, trainer, stats, r: dict):
              f"{r['promoted_probability_steered']:.2%} summed, per generated position")
     cands = html_table([{**c, "pattern": _visible(c["pattern"]), "promotes": " | ".join(map(_visible, c["promotes"]))}
                         for c in r["steering_candidates"]])
-    steer = (f"<p>Feature {s['feature']} fires on <mark>{html.escape(_visible(s['pattern']))}</mark> and promotes "
+    steer = (f"<p>Feature {s['feature']} fires on <mark>{html.escape(_visible(s['token']))}</mark> and promotes "
              f"<code>{_tokens(r['promoted_tokens'])}</code>. Adding {r['steer_alpha']:.3g} × its decoder direction "
              f"({r['steer_scale']:g} × its maximum activation) at <code>{html.escape(r['hook'])}</code>, every position, "
              f"raises the summed probability of these tokens from <b>{r['promoted_probability_plain']:.2%}</b> (plain "
@@ -302,7 +318,7 @@ def _write(out: Path, trainer, stats, r: dict):
                "lift (after + 1%) / (before + 1%)); the best three generated with (<em>generated</em>), the best of "
                "those kept.</p>" + cands)
     sections = [("Run", html_table(metrics)),
-                ("Training", f"<div class='fig'>{to_svg(training_curves(trainer, metrics=['fvu', 'l0']))}</div>"),
+                ("Training", f"<div class='fig'>{to_svg(training_curves(history, metrics=['fvu', 'l0']))}</div>"),
                 ("Features", f"<div class='fig'>{to_svg(density_histogram(stats))}</div>" + intro
                              + "".join(_feature_html(f) for f in r["features"])),
                 ("Steering", steer)]
