@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_cli.ipynb #96cdc46e
 from __future__ import annotations
-import argparse, dataclasses, math, os, sys, textwrap, time
+import argparse, dataclasses, math, os, re, sys, textwrap, time
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -12,7 +12,8 @@ import deeplens
 from .train import configure_train, run_train
 
 # %% auto #0
-__all__ = ['COMMANDS', 'CLIError', 'hook_kinds', 'info', 'parse_count', 'extract', 'build_parser', 'main']
+__all__ = ['COMMANDS', 'LIBRARY_WORDS', 'CLIError', 'flag_table', 'cli_words', 'hook_kinds', 'info', 'parse_count', 'extract',
+           'build_parser', 'check_out_dir', 'main']
 
 # %% ../nbs/70_cli.ipynb #4d80feaa
 class CLIError(Exception):
@@ -23,8 +24,29 @@ def _one_line(e: BaseException) -> str:
     msg = " ".join(str(e).split())
     return msg if msg else type(e).__name__
 
-def _err(msg: str):
-    print(f"deeplens: error: {msg}", file=sys.stderr, flush=True)
+def _err(prog: str, msg: str):
+    print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+
+def flag_table(parser: argparse.ArgumentParser, aliases: dict[str, str] | None = None) -> dict[str, tuple[str, bool]]:
+    """Library keyword → (the `--flag` that sets it, whether the flag takes a value), from `parser`'s long options
+    (keyed by their `dest`) and `aliases` {library keyword: dest} for keywords the flag spells differently."""
+    by_dest = {a.dest: (next(s for s in a.option_strings if s.startswith("--")), a.nargs != 0)
+               for a in parser._actions if a.dest != "help" and any(s.startswith("--") for s in a.option_strings)}
+    return by_dest | {k: by_dest[d] for k, d in (aliases or {}).items() if d in by_dest}
+
+_VALUE = r"""'[^']*'|"[^"]*"|[^\s,;:)]+"""
+
+def cli_words(msg: str, flags: dict[str, tuple[str, bool]]) -> str:
+    """`msg` in the command line's words: `resume=True` → `--resume`, `context_size=4000` → `--context-size 4000`,
+    a bare `out_dir` → `--out` (bare names only when they hold an underscore). `flags` comes from `flag_table`."""
+    if not flags: return msg
+    names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
+    def keyword(m):
+        flag, takes_value = flags[m[1]]
+        if m[2] == "True" or not takes_value: return flag if m[2] != "False" else f"no {flag}"
+        return f"{flag} {m[2]}"
+    msg = re.sub(rf"(?<![\w.\-])({names})=({_VALUE})", keyword, msg)
+    return re.sub(rf"(?<![\w.\-])({names})(?![\w(=])", lambda m: flags[m[1]][0] if "_" in m[1] else m[0], msg)
 
 # %% ../nbs/70_cli.ipynb #2f42816e
 def _model_arg(name: str | None) -> str | None:
@@ -214,16 +236,17 @@ def _run_extract(args) -> int:
 # %% ../nbs/70_cli.ipynb #337c7e33
 def _configure_demo(p: argparse.ArgumentParser):
     p.add_argument("--model", default=None, help="a local HF model directory, a .gguf file or a hub id (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--layer", type=int, default=None, help="block whose hook_resid_post the SAE reads (default: the middle one)")
+    p.add_argument("--layer", type=int, default=None, help="block whose hook_resid_post the SAE reads (default: two thirds of the way up; negative counts from the end)")
     p.add_argument("--tokens", type=parse_count, default=50_000, metavar="N", help="activation rows to extract (default 50k)")
     p.add_argument("--epochs", type=int, default=4, help="passes of SAE training over the extracted rows (default 4)")
+    p.add_argument("--prompt", default="The best way to learn Python is", help="prompt of the steered generation")
     p.add_argument("--out", default="deeplens-demo", metavar="DIR", help="output directory: store, SAE, report.html (default ./deeplens-demo)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 def _run_demo(args) -> int:
     from deeplens.demo import run_demo
-    run_demo(args.model, layer=args.layer, n_tokens=args.tokens, out_dir=args.out, epochs=args.epochs,
-             progress=not args.no_progress)
+    run_demo(_model_arg(args.model), layer=args.layer, n_tokens=args.tokens, out_dir=args.out, epochs=args.epochs,
+             prompt=args.prompt, progress=not args.no_progress)
     return 0
 
 # %% ../nbs/70_cli.ipynb #b342d15a
@@ -232,6 +255,13 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "extract": ("write the activations at some hooks over a corpus to an ActivationStore (torchrun-ready)", _configure_extract, _run_extract),
     "train": ("train a sparse autoencoder on one hook of an ActivationStore (torchrun: DDP)", configure_train, run_train),
     "demo": ("the whole pipeline on the default model: extract, train an SAE, evaluate, features, steering, HTML report", _configure_demo, _run_demo),
+}
+
+LIBRARY_WORDS: dict[str, dict[str, str]] = {          # {command: {library keyword: the dest of the flag that sets it}}
+    "extract": {"n_tokens": "tokens", "out_dir": "out"},
+    "train": {"total_tokens": "tokens", "out_dir": "out", "resume_from": "resume", "lrs_type": "lrs",
+              "random_seed": "seed", "architecture": "arch"},
+    "demo": {"n_tokens": "tokens", "out_dir": "out"},
 }
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,17 +273,30 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help, configure, run) in COMMANDS.items():
         sp = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
         configure(sp)
-        sp.set_defaults(_run=run)
+        sp.set_defaults(_run=run, _parser=sp)
     return p
 
+def check_out_dir(path) -> None:
+    "Refuse at once an `--out` that cannot become a directory: an existing file, or a path under a file."
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise CLIError(f"--out {path} is a file, not a directory; give a directory (it is created if missing)")
+    above = next((a for a in p.absolute().parents if a.exists()), None)
+    if above is not None and not above.is_dir():
+        raise CLIError(f"--out {path} cannot be created: {above} is a file, not a directory")
+
 def main(argv: list[str] | None = None):
-    """Entry point of `deeplens` and `python -m deeplens`. Returns None on success; errors print one line on
-    stderr and raise `SystemExit(2)` (argparse usage errors too)."""
+    """Entry point of `deeplens` and `python -m deeplens`. Returns None on success; an error prints one line
+    `deeplens COMMAND: error: ...` in the command's words on stderr and raises `SystemExit(2)` (as argparse does)."""
     args = build_parser().parse_args(argv)
-    try: code = args._run(args)
+    sp = args._parser
+    try:
+        if getattr(args, "out", None) is not None: check_out_dir(args.out)
+        code = args._run(args)
     except KeyboardInterrupt:
-        _err("interrupted"); raise SystemExit(130)
+        _err(sp.prog, "interrupted"); raise SystemExit(130)
     except Exception as e:
         if args.traceback: raise
-        _err(_one_line(e)); raise SystemExit(2)
+        _err(sp.prog, cli_words(_one_line(e), flag_table(sp, LIBRARY_WORDS.get(args.command))))
+        raise SystemExit(2)
     if code: raise SystemExit(code)

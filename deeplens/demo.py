@@ -5,7 +5,7 @@ write an HTML report — offline, on the embedded default model."""
 
 # %% ../nbs/65_demo.ipynb #8f60b83e
 from __future__ import annotations
-import html, json, math, os, time
+import html, json, math, os, re, time
 from pathlib import Path
 import torch
 
@@ -15,29 +15,53 @@ from .store import ActivationStore
 from .sae import SparseAutoencoder
 from .train import SAETrainer
 from .evals import evaluate_sae
-from .features import feature_stats, max_activating_examples, feature_logits
+from .features import feature_stats, feature_coherence, feature_logits, context_tokens, token_class
 from .intervene import steer_features
 from .charts import to_svg, training_curves, density_histogram
 
 # %% auto #0
-__all__ = ['html_table', 'write_report', 'steering_chart', 'pick_features', 'run_demo']
+__all__ = ['Markup', 'html_table', 'example_html', 'write_report', 'steering_chart', 'rank_features', 'pick_features',
+           'token_probabilities', 'lift', 'screen_steering', 'steered_generation', 'choose_and_steer', 'demo_layer',
+           'run_demo']
 
 # %% ../nbs/65_demo.ipynb #6d01d468
+class Markup(str):
+    "HTML that `html_table` inserts as it is (the caller escaped its parts)."
+
 def html_table(rows: list[dict], columns: list[str] | None = None) -> str:
-    "A list of dicts as an HTML table (cells escaped)."
+    "A list of dicts as an HTML table (cells escaped, except `Markup`)."
     if not rows: return "<p><em>none</em></p>"
     cols = columns or list(rows[0])
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+    cell = lambda v: v if isinstance(v, Markup) else html.escape(_fmt(v))
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 def _fmt(v) -> str:
     if isinstance(v, float): return f"{v:.4g}"
     return "" if v is None else str(v)
 
+def _visible(token: str) -> str:
+    "A token with its whitespace drawn: ' ' → '␣', '\\n' → '↵', '\\t' → '⇥'."
+    # deeplens.widgets.visible_whitespace does the same for every widget; switch to it when both are on main
+    return token.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
+
+def _tokens(words) -> str:
+    "Tokens as one escaped line, whitespace visible, separated by thin bars."
+    return " | ".join(html.escape(_visible(w)) for w in words)
+
+def example_html(ids, pos: int, tokenizer, window: int = 10) -> Markup:
+    "The text around token `pos` of `ids` with that token highlighted (whitespace visible); line breaks drawn as ↵."
+    dec = lambda a: tokenizer.decode(a, skip_special_tokens=True)
+    ids = [int(i) for i in ids]
+    around = lambda s: html.escape(s.replace("\n", "↵").replace("\t", "⇥"))
+    return Markup(f"{around(dec(ids[max(0, pos - window):pos]))}<mark>{html.escape(_visible(dec([ids[pos]])))}</mark>"
+                  f"{around(dec(ids[pos + 1:pos + 1 + window]))}")
+
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}
-th{background:#f3f3f3}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}.fig{margin:1em 0}code{background:#f6f6f6}"""
+th{background:#f3f3f3}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}.fig{margin:1em 0}code{background:#f6f6f6}
+mark{background:#ffe08a;padding:0 1px}"""
 
 def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> Path:
     "Write `sections` [(heading, html)] as one self-contained HTML page, atomically."
@@ -50,46 +74,156 @@ def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> Pat
     return path
 
 # %% ../nbs/65_demo.ipynb #c1e84442
-def steering_chart(rows: list[dict]):
-    "Probability of the feature's top logit tokens before and after steering."
+def steering_chart(rows: list[dict], title: str = ""):
+    "Mean probability of each of the feature's promoted tokens over the continuation, plain and steered."
     import altair as alt, pandas as pd
-    return alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
-        x=alt.X("token:N", title=None, sort=None), y=alt.Y("probability:Q"), color="run:N",
-        xOffset="run:N").properties(width=500, height=200)
+    return alt.Chart(pd.DataFrame(rows), title=title).mark_bar().encode(
+        x=alt.X("token:N", title=None, sort=None, axis=alt.Axis(labelAngle=-40)),
+        y=alt.Y("probability:Q", title="mean probability per position"),
+        color=alt.Color("run:N", sort=["plain", "steered"]), xOffset=alt.XOffset("run:N", sort=["plain", "steered"])
+    ).properties(width=520, height=200)
 
 # %% ../nbs/65_demo.ipynb #1f980a85
 def _say(msg): print(f"[deeplens demo] {msg}", flush=True)
 
-def _steer_rows(model, sae, feature, alpha, prompt, token_ids):
-    "P(each of `token_ids`) at the next position after `prompt`, without and with the feature added."
-    ids = model.to_tokens(prompt)
-    with torch.no_grad():
-        before = model(ids)[0, -1].softmax(-1)
-        with steer_features(model, sae, {feature: alpha}, mode="add"):
-            after = model(ids)[0, -1].softmax(-1)
-    rows = []
-    for run, p in (("before", before), ("steered", after)):
-        rows += [{"token": repr(model.tokenizer.decode([i])), "run": run, "probability": float(p[i])} for i in token_ids]
-    return rows
-
-def pick_features(stats, n: int) -> list[int]:
-    """Features worth showing: firing on 0.1–10% of tokens, leaving out the few whose maximum is over 10× the
-    median maximum (they track the residual stream's rare massive activations, not text), most frequent first."""
-    live = torch.nonzero((stats.density > 1e-3) & (stats.density < 0.1)).flatten()
+def rank_features(stats, coherence=None, *, k: int = 10, min_docs: int = 3) -> list[int]:
+    """Live features (firing on 0.1–10% of tokens, maximum within 10× the median maximum), the easiest to judge
+    first: with `coherence` (from `feature_coherence`) those with `k` top examples from at least `min_docs` documents
+    first, then by coherence, documents and density; without it, by density."""
+    d, mx = stats.density, stats.max_activation
+    live = torch.nonzero((d > 1e-3) & (d < 0.1)).flatten()
     if len(live) == 0: raise ValueError("no feature fires on 0.1-10% of tokens; train longer or on more tokens")
-    mx = stats.max_activation[live]
-    live = live[mx <= 10 * mx.median()]
-    return live[stats.density[live].argsort(descending=True)][:n].tolist()
+    live = live[mx[live] <= 10 * mx[live].median()]
+    if coherence is None: return live[d[live].argsort(descending=True, stable=True)].tolist()
+    co = coherence.loc[live.tolist()]
+    co = co.assign(full=(co["examples"] >= k) & (co["docs"] >= min_docs), density=d[live].numpy())
+    return co.sort_values(["full", "coherence", "docs", "density"], ascending=False, kind="stable").index.tolist()
+
+def pick_features(stats, n: int, coherence=None, **kw) -> list[int]:
+    """The first `n` features of `rank_features(stats, coherence, **kw)`; with `coherence`, one per pattern (runs of
+    a repeated character count as one character)."""
+    ranked = rank_features(stats, coherence, **kw)
+    if coherence is None: return ranked[:n]
+    seen, out = set(), []
+    for f in ranked:
+        p = re.sub(r"(.)\1+", r"\1", coherence.loc[f, "pattern"])
+        if p not in seen: seen.add(p); out.append(f)
+        if len(out) == n: break
+    return out
+
+# %% ../nbs/65_demo.ipynb #6a7cce65
+@torch.no_grad()
+def token_probabilities(model, ids: torch.Tensor, n_prompt: int) -> torch.Tensor:
+    "`[n_generated, vocab]`: the next-token distribution at each position that predicts `ids[0, n_prompt:]`."
+    return model(ids)[0, n_prompt - 1:-1].float().softmax(-1)
+
+def lift(before: float, after: float, floor: float = 0.01) -> float:
+    "How many times more probable: `(after + floor) / (before + floor)` (probabilities under `floor` count as it)."
+    return (after + floor) / (before + floor)
+
+def screen_steering(model, sae, features: list[int], promoted: dict, alphas: dict, ids: torch.Tensor, n_prompt: int,
+                    plain: torch.Tensor | None = None) -> list[dict]:
+    """For each feature: the summed probability of its `promoted` tokens per generated position of `ids`, plain and
+    with `alphas[f]·W_dec[f]` added (the text held fixed); highest `lift` first. `plain`: the plain probabilities."""
+    p0 = token_probabilities(model, ids, n_prompt) if plain is None else plain
+    rows = []
+    for f in features:
+        t = promoted[f]
+        with steer_features(model, sae, {f: alphas[f]}, mode="add"):
+            p1 = token_probabilities(model, ids, n_prompt)
+        before, after = float(p0[:, t].sum(-1).mean()), float(p1[:, t].sum(-1).mean())
+        rows.append({"feature": f, "alpha": alphas[f], "before": before, "after": after, "lift": lift(before, after)})
+    return sorted(rows, key=lambda r: -r["lift"])
+
+def steered_generation(model, sae, feature: int, alpha: float, prompt: str, promoted: list[int], plain: torch.Tensor,
+                       n_prompt: int, max_new_tokens: int) -> dict:
+    """Generate from `prompt` with `alpha·W_dec[feature]` added; the promoted tokens' probabilities per generated
+    position, plain (`plain`: the plain run's probabilities) and steered, with the steered token ids."""
+    with steer_features(model, sae, {feature: alpha}, mode="add"):
+        ids = model.generate(prompt, max_new_tokens=max_new_tokens, return_type="tokens")
+        p = token_probabilities(model, ids, n_prompt)[:, promoted]
+    before, after = float(plain[:, promoted].sum(-1).mean()), float(p.sum(-1).mean())
+    return {"feature": feature, "alpha": alpha, "ids": ids, "plain": plain[:, promoted], "steered": p,
+            "before": before, "after": after, "lift": lift(before, after)}
+
+# %% ../nbs/65_demo.ipynb #c46cfa43
+def choose_and_steer(model, sae, store, hook: str, *, n_features: int = 4, n_candidates: int = 32,
+                     steer_scale: float = 3.0, prompt: str = "The best way to learn Python is", max_new_tokens: int = 24,
+                     progress: bool = True) -> tuple[dict, object]:
+    """The demo's stages 4 and 5 on any SAE and the store it reads: the most coherent features (`n_features`, one per
+    pattern), and a generation steered with the one of the `n_candidates` most coherent features whose promoted tokens
+    rise most. → (the numbers and feature records the report shows, the `FeatureStats`)."""
+    stats = feature_stats(sae, store, hook, k=10, progress=progress)
+    coherence = feature_coherence(stats, store)
+    ranked = rank_features(stats, coherence)
+    shown, cands = pick_features(stats, n_features, coherence), ranked[:n_candidates]
+    logits = {r["feature"]: r["top_tokens"].tolist() for r in feature_logits(sae, model, sorted(set(shown) | set(cands)), k=10)}
+    tok = model.tokenizer.decode
+    words = lambda ids: [tok([int(i)]) for i in ids]
+    record = lambda f: _feature_record(f, stats, coherence, store, words(logits[f]))
+
+    _say(f"5/5 steering: screening the {len(cands)} most coherent features, generating with the best three")
+    n_prompt = model.to_tokens(prompt).shape[-1]
+    plain_ids = model.generate(prompt, max_new_tokens=max_new_tokens, return_type="tokens")
+    plain = token_probabilities(model, plain_ids, n_prompt)
+    screen = screen_steering(model, sae, cands, logits, {f: steer_scale * float(stats.max_activation[f]) for f in cands},
+                             plain_ids, n_prompt, plain)
+    tried = {r["feature"]: steered_generation(model, sae, r["feature"], r["alpha"], prompt, logits[r["feature"]], plain,
+                                              n_prompt, max_new_tokens) for r in screen[:3]}
+    best = max(tried.values(), key=lambda g: g["lift"])
+    f0, t = best["feature"], logits[best["feature"]]
+    count = lambda ids: sum(int(i) in set(t) for i in ids[0, n_prompt:])
+    bars = [{"token": _visible(tok([i])), "run": run, "probability": float(p[:, j].mean())}
+            for run, p in (("plain", best["plain"]), ("steered", best["steered"])) for j, i in enumerate(t)]
+    gen = lambda f, key: tried[f][key] if f in tried else None
+    candidates = [{"feature": r["feature"], "pattern": coherence.loc[r["feature"], "pattern"],
+                   "promotes": words(logits[r["feature"]][:5]), "screen_plain": r["before"], "screen_steered": r["after"],
+                   "screen_lift": r["lift"], "generated_steered": gen(r["feature"], "after"),
+                   "generated_lift": gen(r["feature"], "lift")} for r in screen[:8]]
+    return {"coherent_fraction": float((coherence.loc[ranked, "coherence"] >= 0.8).mean()),
+            "features": [record(f) for f in shown], "steer_feature": f0, "steer": record(f0), "steer_alpha": best["alpha"],
+            "steer_scale": steer_scale, "promoted_tokens": words(t), "promoted_token_ids": t,
+            "promoted_probability_plain": best["before"], "promoted_probability_steered": best["after"],
+            "promoted_lift": best["lift"], "promoted_count_plain": count(plain_ids),
+            "promoted_count_steered": count(best["ids"]), "prompt": prompt, "n_prompt_tokens": n_prompt,
+            "generation": tok(plain_ids[0], skip_special_tokens=True),
+            "steered_generation": tok(best["ids"][0], skip_special_tokens=True),
+            "plain_token_ids": plain_ids[0].tolist(), "steered_token_ids": best["ids"][0].tolist(),
+            "steer_probabilities": bars, "steering_candidates": candidates}, stats
+
+# %% ../nbs/65_demo.ipynb #b4a2c00d
+def _check_run_args(kw: dict):
+    "Positive ints, positive finite numbers and a prompt, before anything loads."
+    for name in ("n_tokens", "expansion", "k", "epochs", "batch_size", "eval_tokens", "n_features", "n_candidates",
+                 "max_new_tokens"):
+        v = kw[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name}={v!r} is not a positive int")
+    for name in ("lr", "steer_scale"):
+        v = kw[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{name}={v!r} is not a positive finite number")
+    if not isinstance(kw["prompt"], str) or not kw["prompt"].strip():
+        raise ValueError(f"prompt={kw['prompt']!r} is empty: give some text for the model to continue")
+
+def demo_layer(layer, n_layers: int) -> int:
+    "The block the demo reads: `layer` (negative counts from the end), or two thirds of the way up for None."
+    if layer is None: return 2 * n_layers // 3
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -n_layers <= layer < n_layers:
+        raise ValueError(f"layer={layer!r} is out of range: this model has {n_layers} layers "
+                         f"(0..{n_layers - 1}, or -{n_layers}..-1 counting from the end)")
+    return layer % n_layers
 
 def run_demo(model=None, layer: int | None = None, n_tokens: int = 50_000, out_dir="deeplens-demo", *,
              expansion: int = 8, k: int = 32, epochs: int = 4, batch_size: int = 1024, lr: float = 1e-3,
-             eval_tokens: int = 4096, n_features: int = 4, prompt: str = "The best way to learn Python is",
-             seed: int = 0, progress: bool = True) -> dict:
+             eval_tokens: int = 4096, n_features: int = 4, n_candidates: int = 32, steer_scale: float = 3.0,
+             prompt: str = "The best way to learn Python is", max_new_tokens: int = 24, seed: int = 0,
+             progress: bool = True) -> dict:
     "Extract → train → evaluate → features → steer → HTML report in `out_dir`. Returns the reported numbers."
+    _check_run_args(locals())
     t0, out = time.time(), Path(out_dir)
     torch.manual_seed(seed)
     m = model if isinstance(model, HookedModel) else load_model(model)
-    layer = m.cfg.n_layers // 2 if layer is None else (layer % m.cfg.n_layers)
+    layer = demo_layer(layer, m.cfg.n_layers)
     hook = f"blocks.{layer}.hook_resid_post"
     name = Path(getattr(m.hf.config, "_name_or_path", "") or m.cfg.architecture).name
     _say(f"model {name}: {m.cfg.n_layers} layers, d_model {m.cfg.d_model}; hook {hook}")
@@ -114,54 +248,79 @@ def run_demo(model=None, layer: int | None = None, n_tokens: int = 50_000, out_d
     texts = list(corpus("builtin:python-docs"))[-400:]        # the corpus's tail: far past the extracted prefix
     ev = evaluate_sae(sae, m, hook, texts, eval_tokens, progress=progress)
 
-    _say(f"4/5 feature statistics and max-activating examples")
-    stats = feature_stats(sae, store, hook, k=10, progress=progress)
-    shown = pick_features(stats, n_features)
-    logits = {r["feature"]: r for r in feature_logits(sae, m, shown, k=8)}
-    words = lambda ids: [m.tokenizer.decode([i]) for i in ids.tolist()]
-    feats = []
-    for f in shown:
-        ex = max_activating_examples(sae, store, f, k=5, window=10, stats=stats, progress=False)
-        feats.append({"feature": f, "density": float(stats.density[f]), "max_activation": float(stats.max_activation[f]),
-                      "top_tokens": words(logits[f]["top_tokens"]), "bottom_tokens": words(logits[f]["bottom_tokens"]),
-                      "examples": [{"value": float(r.value), "text": r.text} for r in ex.itertuples()]})
-
-    _say("5/5 steering a generation with the first feature")
-    f0 = shown[0]
-    alpha = 3.0 * float(stats.max_activation[f0])
-    plain = m.generate(prompt, max_new_tokens=20)
-    with steer_features(m, sae, {f0: alpha}, mode="add"):
-        steered = m.generate(prompt, max_new_tokens=20)
-    steer_rows = _steer_rows(m, sae, f0, alpha, prompt, logits[f0]["top_tokens"][:5].tolist())
-
+    _say("4/5 feature statistics; ranking features by how coherent their max-activating examples are")
+    found, stats = choose_and_steer(m, sae, store, hook, n_features=n_features, n_candidates=n_candidates,
+                                    steer_scale=steer_scale, prompt=prompt, max_new_tokens=max_new_tokens, progress=progress)
     result = {"model": name, "hook": hook, "n_tokens": len(store), "train_tokens": trainer.step * batch_size,
               "held_out_fvu": held_ev["eval_fvu"], "l0": ev["l0"], "fvu": ev["fvu"], "ce_loss_score": ev["ce_loss_score"],
-              "kl_div_score": ev["kl_div_score"], "dead_fraction": float((stats.density == 0).float().mean()),
-              "features": feats, "steer_feature": f0, "steer_alpha": alpha, "generation": plain,
-              "steered_generation": steered, "steer_probabilities": steer_rows}
+              "kl_div_score": ev["kl_div_score"], "dead_fraction": float((stats.density == 0).float().mean()), **found}
     result["seconds"] = time.time() - t0
-    _write(out, m, trainer, stats, result)
+    _write(out, trainer.history, stats, result)
     _say(f"done in {result['seconds']:.0f} s: held-out FVU {result['held_out_fvu']:.3f}, L0 {result['l0']:.1f}, "
-         f"CE loss recovered {result['ce_loss_score']:.3f}; report: {out / 'report.html'}")
+         f"CE loss recovered {result['ce_loss_score']:.3f}; steering with feature {result['steer_feature']} raised its promoted tokens from "
+         f"{result['promoted_probability_plain']:.2%} to {result['promoted_probability_steered']:.2%} per position; "
+         f"report: {out / 'report.html'}")
     return result
 
-def _write(out: Path, m, trainer, stats, r: dict):
-    "The HTML report plus `summary.json` with the same numbers."
-    summary = {k: v for k, v in r.items() if k != "features"}
+def _feature_record(f: int, stats, coherence, store, promotes: list[str], n_examples: int = 5) -> dict:
+    "What the report shows of feature `f`: its numbers, pattern, commonest token, promoted tokens, top examples (HTML)."
+    from collections import Counter
+    c = coherence.loc[f]
+    rows = stats.top_rows[f][stats.top_rows[f] >= 0]
+    words = [store.tokenizer.decode([int(t)]) for t in store.token_index(rows)["token"]]
+    token = Counter(w for w in words if token_class(w) == c["pattern"]).most_common(1)[0][0] if len(rows) else ""
+    exs = []
+    for v, r in zip(stats.top_values[f, :n_examples].tolist(), stats.top_rows[f, :n_examples].tolist()):
+        if r < 0: break                                   # fewer than n_examples rows fired
+        ids, p = context_tokens(store, r)
+        exs.append({"activation": v, "text": example_html(ids, p, store.tokenizer)})
+    return {"feature": f, "density": float(stats.density[f]), "max_activation": float(stats.max_activation[f]),
+            "pattern": c["pattern"], "token": token, "coherence": float(c["coherence"]), "examples": int(c["examples"]),
+            "in_pattern": round(float(c["coherence"]) * int(c["examples"])), "docs": int(c["docs"]),
+            "promotes": promotes, "top_examples": exs}
+
+def _feature_html(f: dict, heading: bool = True) -> str:
+    "A feature's heading, its numbers and promoted tokens, and its top examples."
+    head = f"<h3>feature {f['feature']}: <mark>{html.escape(_visible(f['token']))}</mark></h3>" if heading else ""
+    what = (f"a {html.escape(f['pattern'][1:-1])} token" if f["pattern"].startswith("<") else
+            f"<mark>{html.escape(f['pattern'])}</mark> (ignoring case and spaces)")
+    return (head + f"<p>{f['in_pattern']} of its {f['examples']} top examples fire on {what}, from {f['docs']} "
+            f"documents; it fires on {f['density']:.2%} of tokens, max activation {f['max_activation']:.3g}.<br>"
+            f"promotes (direct logit effect): <code>{_tokens(f['promotes'])}</code></p>" + html_table(f["top_examples"]))
+
+def _write(out: Path, history: list[dict], stats, r: dict):
+    "The HTML report plus `summary.json` with the same numbers (examples as text, without markup)."
+    plain = lambda f: {k: v for k, v in f.items() if k != "top_examples"}
+    summary = {k: v for k, v in r.items() if k not in ("features", "steer")} | {
+        "features": [plain(f) for f in r["features"]], "steer": plain(r["steer"])}
     metrics = [{"metric": k, "value": r[k]} for k in ("n_tokens", "train_tokens", "held_out_fvu", "fvu", "l0",
-                                                        "ce_loss_score", "kl_div_score", "dead_fraction", "seconds")]
-    feats = "".join(
-        f"<h3>feature {f['feature']}</h3><p>density {f['density']:.2e}, max activation {f['max_activation']:.3g}<br>"
-        f"raises: <code>{html.escape(' | '.join(map(repr, f['top_tokens'])))}</code><br>"
-        f"lowers: <code>{html.escape(' | '.join(map(repr, f['bottom_tokens'])))}</code></p>"
-        + html_table(f["examples"]) for f in r["features"])
-    steer = (f"<p>Adding {r['steer_alpha']:.3g} × the decoder direction of feature {r['steer_feature']} at "
-             f"<code>{html.escape(r['hook'])}</code>, every position.</p>"
+               "ce_loss_score", "kl_div_score", "dead_fraction", "coherent_fraction", "seconds")]
+    intro = (f"<p>The most coherent live features, one per pattern: the share of their ten max-activating examples "
+             f"whose activating token (highlighted) is the same word. {r['coherent_fraction']:.0%} of the live features "
+             f"have at least 8 of 10 examples on one word.</p>")
+    s = r["steer"]
+    title = (f"feature {r['steer_feature']}'s promoted tokens: {r['promoted_probability_plain']:.2%} → "
+             f"{r['promoted_probability_steered']:.2%} summed, per generated position")
+    cands = html_table([{**c, "pattern": _visible(c["pattern"]), "promotes": " | ".join(map(_visible, c["promotes"]))}
+                        for c in r["steering_candidates"]])
+    steer = (f"<p>Feature {s['feature']} fires on <mark>{html.escape(_visible(s['token']))}</mark> and promotes "
+             f"<code>{_tokens(r['promoted_tokens'])}</code>. Adding {r['steer_alpha']:.3g} × its decoder direction "
+             f"({r['steer_scale']:g} × its maximum activation) at <code>{html.escape(r['hook'])}</code>, every position, "
+             f"raises the summed probability of these tokens from <b>{r['promoted_probability_plain']:.2%}</b> (plain "
+             f"model, plain text) to <b>{r['promoted_probability_steered']:.2%}</b> (steered model, steered text) per "
+             f"generated position, {r['promoted_lift']:.1f}× by the lift below; the steered continuation holds "
+             f"{r['promoted_count_steered']} of them (plain: {r['promoted_count_plain']}).</p>"
              + html_table([{"run": "plain", "text": r["generation"]}, {"run": "steered", "text": r["steered_generation"]}])
-             + (f"<div class='fig'>{to_svg(steering_chart(r['steer_probabilities']))}</div>" if r["steer_probabilities"] else ""))
+             + f"<div class='fig'>{to_svg(steering_chart(r['steer_probabilities'], title))}</div>"
+             + _feature_html(s, heading=False)
+             + "<p>How it was chosen: the most coherent features, each added while re-reading the plain continuation "
+               "(<em>screen</em>: summed probability of its own promoted tokens per position, plain → steered, and the "
+               "lift (after + 1%) / (before + 1%)); the best three generated with (<em>generated</em>), the best of "
+               "those kept.</p>" + cands)
     sections = [("Run", html_table(metrics)),
-                ("Training", f"<div class='fig'>{to_svg(training_curves(trainer, metrics=['fvu', 'l0']))}</div>"),
-                ("Features", f"<div class='fig'>{to_svg(density_histogram(stats))}</div>" + feats),
+                ("Training", f"<div class='fig'>{to_svg(training_curves(history, metrics=['fvu', 'l0']))}</div>"),
+                ("Features", f"<div class='fig'>{to_svg(density_histogram(stats))}</div>" + intro
+                             + "".join(_feature_html(f) for f in r["features"])),
                 ("Steering", steer)]
     write_report(out / "report.html", f"deeplens demo: {r['model']} {r['hook']}", sections)
     tmp = out / ".summary.json.tmp"

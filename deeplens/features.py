@@ -16,8 +16,8 @@ from .store import ActivationStore, _abs_rows, _locate, _tokens_shard
 from .sae import SparseAutoencoder
 
 # %% auto #0
-__all__ = ['FeatureStats', 'feature_stats', 'activation_histogram', 'context_tokens', 'max_activating_examples', 'feature_logits',
-           'FeatureSummary', 'feature_summary']
+__all__ = ['FeatureStats', 'feature_stats', 'activation_histogram', 'context_tokens', 'max_activating_examples', 'token_class',
+           'feature_coherence', 'feature_logits', 'FeatureSummary', 'feature_summary']
 
 # %% ../nbs/30_features.ipynb #c835985f
 def _store_hook(sae: SparseAutoencoder, store: ActivationStore, hook: str | None) -> str:
@@ -168,6 +168,48 @@ def max_activating_examples(sae: SparseAutoencoder, store: ActivationStore, feat
                     "doc": int(ti["doc"][i]), "context_tokens": ids})
     cols = ["feature", "rank", "value", "row", "token_id", "token", "text", "context", "context_pos", "doc", "context_tokens"]
     return pd.DataFrame(out, columns=cols)
+
+# %% ../nbs/30_features.ipynb #ffb7b11d
+def token_class(token: str) -> str:
+    """The class of a decoded token when comparing examples: its text without surrounding whitespace, lowercased;
+    `'<whitespace>'` for whitespace-only tokens and `'<number>'` for digit tokens."""
+    t = token.strip().lower()
+    if not t: return "<whitespace>"
+    return "<number>" if t.isdigit() else t
+
+def feature_coherence(stats: FeatureStats, store: ActivationStore, features=None, *, k: int | None = None,
+                      key=token_class):
+    """How much each feature's max-activating examples share their activating token, as a DataFrame indexed by
+    feature: `coherence` (the share of its top-`k` examples whose token is in the most common class under `key`;
+    ties go to the class of the stronger example), `pattern` (that class), `examples` (how many of the `k` it has:
+    a rare feature has fewer; none gives coherence 0) and `docs` (distinct documents among them).
+    `stats` must come from `feature_stats` over this `store` (k: all its top rows)."""
+    import pandas as pd
+    from collections import Counter
+    if not isinstance(stats, FeatureStats): raise TypeError(f"stats must be a FeatureStats, got {type(stats).__name__}")
+    if stats.n_tokens != len(store):
+        raise ValueError(f"stats cover {stats.n_tokens:,} rows but this store has {len(store):,}: pass the store they came from")
+    fs = list(range(len(stats.density))) if features is None else \
+        ([int(features)] if isinstance(features, (int, np.integer)) else [int(f) for f in features])
+    bad = [f for f in fs if not 0 <= f < len(stats.density)]
+    if bad: raise ValueError(f"feature(s) {bad} out of range: the stats cover {len(stats.density)} features")
+    kk = stats.top_rows.shape[1] if k is None else k
+    if isinstance(kk, bool) or not isinstance(kk, int) or not 1 <= kk <= stats.top_rows.shape[1]:
+        raise ValueError(f"k must be an int in 1..{stats.top_rows.shape[1]} (the stats' top rows), got {k!r}")
+    rows = stats.top_rows[fs, :kk]
+    have = rows >= 0
+    ti = store.token_index(rows[have])                                  # one lookup for every example
+    tok, doc = torch.full(rows.shape, -1), torch.full(rows.shape, -1)
+    tok[have], doc[have] = torch.as_tensor(ti["token"]).long(), torch.as_tensor(ti["doc"]).long()
+    decode = store.tokenizer.decode
+    cls = {t: key(decode([t])) for t in tok[have].unique().tolist()}
+    out = []
+    for f, t, d, h in zip(fs, tok.tolist(), doc.tolist(), have.tolist()):
+        n = sum(h)
+        top = Counter(cls[x] for x, ok in zip(t, h) if ok).most_common(1)
+        out.append({"feature": f, "coherence": top[0][1] / n if n else 0.0, "pattern": top[0][0] if n else "",
+                    "examples": n, "docs": len({x for x, ok in zip(d, h) if ok})})
+    return pd.DataFrame(out).set_index("feature")
 
 # %% ../nbs/30_features.ipynb #59c51f27
 def _resid_map(model: HookedModel, hook: str, d_in: int) -> torch.Tensor | None:

@@ -68,7 +68,7 @@ def test_default_model_paris_subprocess():
 def test_bad_path_exit_2_subprocess():
     r = run_cli("info", "/no/such/model/dir")
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["deeplens: error: no such model directory or file: /no/such/model/dir"]
+    assert r.stderr.strip().splitlines() == ["deeplens info: error: no such model directory or file: /no/such/model/dir"]
     assert "Traceback" not in r.stderr and r.stdout == ""
 
 @pytest.mark.parametrize("args,msg", [
@@ -85,8 +85,8 @@ def test_errors_one_line(tiny_dir, tmp_path, capsys, args, msg):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as e: main(args)
     assert e.value.code == 2
-    err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("deeplens:")]
-    assert len(err) == 1 and err[0].startswith("deeplens: error: ") and msg in err[0], err
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("deeplens info: error: ") and msg in err[0], err
 
 def test_traceback_flag(capsys):
     with pytest.raises(Exception, match="no such model"): main(["--traceback", "info", "/no/such/model"])
@@ -133,7 +133,7 @@ def test_extract_matches_api_and_cache(tiny_dir, docs_file, tmp_path, capsys):
     st, rows, idx = store_rows(tmp_path / "cli")
     _, rows_api, idx_api = store_rows(api.path)
     assert st.context_size == 32 and st.meta["dtype"] == "float32" and len(st) == 500
-    for h in rows: assert torch.equal(rows[h], rows_api[h]), h
+    for h in rows: assert torch.equal(rows[h], rows_api[h]), h       # exact: the same build (model, batches, shapes) twice
     for k in idx: assert torch.equal(idx[k], idx_api[k]), k
     # independent check of a few contexts: rebuild each from its stored token ids and run the model
     toks = st.tokens(slice(None))
@@ -152,9 +152,10 @@ def test_extract_resume_overwrite_and_refusals(tiny_dir, docs_file, tmp_path, ca
     before = store_rows(tmp_path / "s")[1]
     capsys.readouterr()
     with pytest.raises(SystemExit) as e: main(base + ["--hooks", "blocks.0.hook_resid_post"])      # exists: needs --resume
-    assert e.value.code == 2 and "resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "pass --resume to continue" in err and "--overwrite to rebuild" in err and "=True" not in err
     assert main(base + ["--hooks", "blocks.0.hook_resid_post", "--resume"]) is None                  # reuse the finished store
-    assert torch.equal(store_rows(tmp_path / "s")[1]["blocks.0.hook_resid_post"], before["blocks.0.hook_resid_post"])
+    assert torch.equal(store_rows(tmp_path / "s")[1]["blocks.0.hook_resid_post"], before["blocks.0.hook_resid_post"])  # exact: the same files, not rewritten
     with pytest.raises(SystemExit) as e: main(base + ["--hooks", "blocks.1.hook_resid_post", "--resume"])   # another hook
     assert e.value.code == 2 and "different ActivationStore" in capsys.readouterr().err
     main(base + ["--hooks", "blocks.1.hook_resid_post", "--overwrite", "--dtype", "bfloat16"])
@@ -165,14 +166,17 @@ def test_extract_resume_overwrite_and_refusals(tiny_dir, docs_file, tmp_path, ca
     (["--hooks", "blocks.0.hook_resid_postt"], "unknown hook name 'blocks.0.hook_resid_postt'"),
     (["--hooks", "blocks.9.hook_resid_post"], "layer 9 is out of range"),
     (["--hooks", ","], "--hooks is empty"),
-    (["--hooks", "blocks.0.hook_resid_post", "--context-size", "0"], "context_size must be a positive int"),
+    (["--hooks", "blocks.0.hook_resid_post", "--context-size", "0"], "--context-size must be a positive int, got 0"),
+    (["--hooks", "blocks.0.hook_resid_post", "--context-size", "4000"], "--context-size 4000 exceeds the model's maximum"),
+    (["--hooks", "blocks.0.hook_resid_post", "--resume", "--overwrite"], "pass --resume (continue the store in --out) or --overwrite"),
 ])
 def test_extract_errors_write_nothing(tiny_dir, docs_file, tmp_path, capsys, extra, msg):
     with pytest.raises(SystemExit) as e:
         main(["extract", "--model", tiny_dir, "--corpus", str(docs_file), "--tokens", "100", "--out", str(tmp_path / "o"), *extra])
     assert e.value.code == 2
-    err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("deeplens:")]
-    assert len(err) == 1 and msg in err[0], err
+    err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
+    assert len(err) == 1 and err[0].startswith("deeplens extract: error: ") and msg in err[0], err
+    assert "=" not in err[0].split("error: ", 1)[1], err          # no library keyword (name=value) left
     assert not (tmp_path / "o").exists()
 
 def test_extract_usage_errors(tmp_path, capsys):
@@ -200,3 +204,63 @@ def test_extract_torchrun_two_ranks_equals_single(tiny_dir, docs_file, tmp_path)
     _, rows_1, idx_1 = store_rows(tmp_path / "one")
     for h in rows_1: torch.testing.assert_close(rows_d[h], rows_1[h], atol=1e-6, rtol=0)
     for k in idx_1: assert torch.equal(idx_d[k], idx_1[k]), k
+
+# --- errors in the command line's words ------------------------------------------------------------------------
+
+from deeplens.cli import cli_words, flag_table, build_parser, LIBRARY_WORDS
+
+def one_error_line(capsys, command):
+    "The single `deeplens COMMAND: error: ...` line on stderr (other stderr lines are progress bars)."
+    err = [l for l in capsys.readouterr().err.splitlines() if ": error: " in l]
+    assert len(err) == 1 and err[0].startswith(f"deeplens {command}: error: "), err
+    return err[0]
+
+def test_demo_layer_out_of_range(tiny_dir, tmp_path, capsys):
+    "`--layer 99` on a 2-layer model names the valid range (it used to wrap modulo n_layers) and writes nothing."
+    for bad in ("99", "2", "-3"):
+        with pytest.raises(SystemExit) as e:
+            main(["demo", "--model", tiny_dir, "--layer", bad, "--out", str(tmp_path / "d"), "--no-progress"])
+        assert e.value.code == 2
+        line = one_error_line(capsys, "demo")
+        assert f"--layer {bad} is out of range" in line and "0..1" in line and "-2..-1" in line, line
+    assert not (tmp_path / "d").exists()
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--epochs", "0"], "--epochs 0 is not a positive int"),          # checked before the (default) model loads
+    (["--prompt", " "], "--prompt ' ' is empty"),
+    (["--model", "/no/such/dir"], "no such model directory or file: /no/such/dir"),
+    (["--tokens", "0"], None),                                         # argparse's own check (usage + error)
+])
+def test_demo_argument_errors(tmp_path, capsys, extra, msg):
+    with pytest.raises(SystemExit) as e: main(["demo", "--out", str(tmp_path / "d"), "--no-progress", *extra])
+    assert e.value.code == 2
+    if msg: assert msg in one_error_line(capsys, "demo")
+    else: assert "argument --tokens: not a positive whole count" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+@pytest.mark.parametrize("command", ["extract", "train", "demo"])
+def test_out_is_a_file_fails_before_any_work(tiny_dir, docs_file, tmp_path, capsys, command):
+    f = tmp_path / "file.txt"; f.write_text("not a directory")
+    args = {"extract": ["--model", tiny_dir, "--hooks", "blocks.0.hook_resid_post", "--corpus", str(docs_file), "--tokens", "100"],
+            "train": ["--store", str(tmp_path / "no-store"), "--tokens", "100"],      # the store is read after the check
+            "demo": ["--model", tiny_dir]}[command]
+    for out, msg in ((f, f"--out {f} is a file, not a directory"), (f / "sub", f"--out {f / 'sub'} cannot be created: {f} is a file")):
+        with pytest.raises(SystemExit) as e: main([command, *args, "--out", str(out), "--no-progress"])
+        assert e.value.code == 2 and msg in one_error_line(capsys, command)
+    assert f.read_text() == "not a directory"
+
+def test_cli_words_reads_the_subcommand_flags():
+    "Library keywords become the flags of the subcommand that failed, from its own parser and LIBRARY_WORDS."
+    subs = {a.dest: a for a in build_parser()._actions if a.dest == "command"}["command"].choices
+    ex = flag_table(subs["extract"], LIBRARY_WORDS["extract"])
+    assert ex["out_dir"] == ex["out"] == ("--out", True) and ex["resume"] == ("--resume", False)
+    assert ex["n_tokens"] == ("--tokens", True) and ex["model_dtype"] == ("--model-dtype", True)
+    msg = ("out_dir /x already holds a different ActivationStore (hooks differ). Pass overwrite=True to replace it, "
+           "or choose another out_dir; n_tokens=0 is not positive, batch_size must be >= 1")
+    assert cli_words(msg, ex) == ("--out /x already holds a different ActivationStore (hooks differ). Pass --overwrite to "
+                                  "replace it, or choose another --out; --tokens 0 is not positive, --batch-size must be >= 1")
+    tr = flag_table(subs["train"], LIBRARY_WORDS["train"])
+    assert cli_words("resume_from=True and total_tokens=5 (lrs_type='cosine')", tr) == "--resume and --tokens 5 (--lrs 'cosine')"
+    # untouched: words that are no flag of this command, attribute and call syntax, and already-translated flags
+    assert cli_words("the model needs a tokenizer; cfg.batch_size; batch_size(); --batch-size", ex) == \
+        "the model needs a tokenizer; cfg.batch_size; batch_size(); --batch-size"
