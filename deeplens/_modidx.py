@@ -402,7 +402,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'deeplens.demo._fmt': ('demo.html#_fmt', 'deeplens/demo.py'),
                                'deeplens.demo._say': ('demo.html#_say', 'deeplens/demo.py'),
                                'deeplens.demo._tokens': ('demo.html#_tokens', 'deeplens/demo.py'),
-                               'deeplens.demo._visible': ('demo.html#_visible', 'deeplens/demo.py'),
                                'deeplens.demo._write': ('demo.html#_write', 'deeplens/demo.py'),
                                'deeplens.demo.choose_and_steer': ('demo.html#choose_and_steer', 'deeplens/demo.py'),
                                'deeplens.demo.demo_layer': ('demo.html#demo_layer', 'deeplens/demo.py'),

@@ -40,6 +40,7 @@ def cli_words(msg: str, flags: dict[str, tuple[str, bool]]) -> str:
     """`msg` in the command line's words: `resume=True` → `--resume`, `context_size=4000` → `--context-size 4000`,
     a bare `out_dir` → `--out` (bare names only when they hold an underscore). `flags` comes from `flag_table`."""
     if not flags: return msg
+    msg = re.sub(r"\s*\(CLI: [^)]*\)", "", msg)            # a library message's own CLI hint: the rewrite below says it
     names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
     def keyword(m):
         flag, takes_value = flags[m[1]]

@@ -18,6 +18,7 @@ from .evals import evaluate_sae
 from .features import feature_stats, feature_coherence, feature_logits, context_tokens, token_class
 from .intervene import steer_features
 from .charts import to_svg, training_curves, density_histogram
+from .display import visible_whitespace
 
 # %% auto #0
 __all__ = ['Markup', 'html_table', 'example_html', 'write_report', 'steering_chart', 'rank_features', 'pick_features',
@@ -41,21 +42,16 @@ def _fmt(v) -> str:
     if isinstance(v, float): return f"{v:.4g}"
     return "" if v is None else str(v)
 
-def _visible(token: str) -> str:
-    "A token with its whitespace drawn: ' ' → '␣', '\\n' → '↵', '\\t' → '⇥'."
-    # deeplens.widgets.visible_whitespace does the same for every widget; switch to it when both are on main
-    return token.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
-
 def _tokens(words) -> str:
     "Tokens as one escaped line, whitespace visible, separated by thin bars."
-    return " | ".join(html.escape(_visible(w)) for w in words)
+    return " | ".join(html.escape(visible_whitespace(w)) for w in words)
 
 def example_html(ids, pos: int, tokenizer, window: int = 10) -> Markup:
     "The text around token `pos` of `ids` with that token highlighted (whitespace visible); line breaks drawn as ↵."
     dec = lambda a: tokenizer.decode(a, skip_special_tokens=True)
     ids = [int(i) for i in ids]
     around = lambda s: html.escape(s.replace("\n", "↵").replace("\t", "⇥"))
-    return Markup(f"{around(dec(ids[max(0, pos - window):pos]))}<mark>{html.escape(_visible(dec([ids[pos]])))}</mark>"
+    return Markup(f"{around(dec(ids[max(0, pos - window):pos]))}<mark>{html.escape(visible_whitespace(dec([ids[pos]])))}</mark>"
                   f"{around(dec(ids[pos + 1:pos + 1 + window]))}")
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -173,7 +169,7 @@ def choose_and_steer(model, sae, store, hook: str, *, n_features: int = 4, n_can
     best = max(tried.values(), key=lambda g: g["lift"])
     f0, t = best["feature"], logits[best["feature"]]
     count = lambda ids: sum(int(i) in set(t) for i in ids[0, n_prompt:])
-    bars = [{"token": _visible(tok([i])), "run": run, "probability": float(p[:, j].mean())}
+    bars = [{"token": visible_whitespace(tok([i])), "run": run, "probability": float(p[:, j].mean())}
             for run, p in (("plain", best["plain"]), ("steered", best["steered"])) for j, i in enumerate(t)]
     gen = lambda f, key: tried[f][key] if f in tried else None
     candidates = [{"feature": r["feature"], "pattern": coherence.loc[r["feature"], "pattern"],
@@ -281,7 +277,7 @@ def _feature_record(f: int, stats, coherence, store, promotes: list[str], n_exam
 
 def _feature_html(f: dict, heading: bool = True) -> str:
     "A feature's heading, its numbers and promoted tokens, and its top examples."
-    head = f"<h3>feature {f['feature']}: <mark>{html.escape(_visible(f['token']))}</mark></h3>" if heading else ""
+    head = f"<h3>feature {f['feature']}: <mark>{html.escape(visible_whitespace(f['token']))}</mark></h3>" if heading else ""
     what = (f"a {html.escape(f['pattern'][1:-1])} token" if f["pattern"].startswith("<") else
             f"<mark>{html.escape(f['pattern'])}</mark> (ignoring case and spaces)")
     return (head + f"<p>{f['in_pattern']} of its {f['examples']} top examples fire on {what}, from {f['docs']} "
@@ -301,9 +297,9 @@ def _write(out: Path, history: list[dict], stats, r: dict):
     s = r["steer"]
     title = (f"feature {r['steer_feature']}'s promoted tokens: {r['promoted_probability_plain']:.2%} → "
              f"{r['promoted_probability_steered']:.2%} summed, per generated position")
-    cands = html_table([{**c, "pattern": _visible(c["pattern"]), "promotes": " | ".join(map(_visible, c["promotes"]))}
+    cands = html_table([{**c, "pattern": visible_whitespace(c["pattern"]), "promotes": " | ".join(map(visible_whitespace, c["promotes"]))}
                         for c in r["steering_candidates"]])
-    steer = (f"<p>Feature {s['feature']} fires on <mark>{html.escape(_visible(s['token']))}</mark> and promotes "
+    steer = (f"<p>Feature {s['feature']} fires on <mark>{html.escape(visible_whitespace(s['token']))}</mark> and promotes "
              f"<code>{_tokens(r['promoted_tokens'])}</code>. Adding {r['steer_alpha']:.3g} × its decoder direction "
              f"({r['steer_scale']:g} × its maximum activation) at <code>{html.escape(r['hook'])}</code>, every position, "
              f"raises the summed probability of these tokens from <b>{r['promoted_probability_plain']:.2%}</b> (plain "

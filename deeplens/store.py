@@ -164,8 +164,8 @@ def _damage(path: Path, rec: dict, force: bool = False) -> str | None:
 
 def _corrupt(store: Path, damaged: list[str]) -> CorruptShard:
     return CorruptShard(f"{store}: damaged {'file' if len(damaged) == 1 else 'files'}: {'; '.join(damaged)}. Their rows "
-                        "cannot be trusted. Resume the build with the same arguments (ActivationStore.build(..., "
-                        "resume=True); CLI: --resume): it rewrites damaged shards; or rebuild with overwrite=True.")
+                        "cannot be trusted. Resume the build with the same arguments and resume=True (CLI: --resume): it "
+                        "rewrites damaged shards; or rebuild with overwrite=True (CLI: --overwrite).")
 
 def _check_file(store: Path, path: Path, rec: dict | None) -> None:
     "Raise `CorruptShard` if `path` differs from its record (a file without a record predates checksums)."
