@@ -9,11 +9,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 import deeplens
-from .train import configure_train, run_train
+from .train import configure_train, run_train, parse_count
 
 # %% auto #0
-__all__ = ['COMMANDS', 'LIBRARY_WORDS', 'CLIError', 'flag_table', 'cli_words', 'hook_kinds', 'info', 'parse_count', 'extract',
-           'build_parser', 'check_out_dir', 'main']
+__all__ = ['COMMANDS', 'LIBRARY_WORDS', 'CLIError', 'flag_table', 'cli_words', 'hook_kinds', 'info', 'extract', 'build_parser',
+           'check_out_dir', 'main']
 
 # %% ../nbs/70_cli.ipynb #4d80feaa
 class CLIError(Exception):
@@ -139,18 +139,6 @@ def _run_info(args) -> int:
     return 0
 
 # %% ../nbs/70_cli.ipynb #b05a6bfa
-_SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
-
-def parse_count(s) -> int:
-    "A positive count from `'200000'`, `'200_000'`, `'200k'`, `'1.5M'`, `'1e6'`."
-    t = str(s).strip().lower().replace("_", "").replace(",", "")
-    mult = _SUFFIX.get(t[-1:], 1)
-    if mult != 1: t = t[:-1]
-    try: v = float(t) * mult
-    except ValueError: raise argparse.ArgumentTypeError(f"not a count: {s!r} (use e.g. 200000, 200k, 1.5M or 1e6)") from None
-    if not math.isfinite(v) or v < 1 or v != int(v): raise argparse.ArgumentTypeError(f"not a positive whole count: {s!r}")
-    return int(v)
-
 def _hook_list(specs) -> list[str]:
     "Hook names from `--hooks` values, each possibly comma-separated."
     names = [h.strip() for s in ([specs] if isinstance(specs, str) else specs) for h in s.split(",") if h.strip()]

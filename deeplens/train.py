@@ -18,8 +18,8 @@ from .sae import ARCHITECTURES, SparseAutoencoder, _atomic_write, _write_text
 
 # %% auto #0
 __all__ = ['StoreStream', 'geometric_median', 'LRSchedule', 'optimizer_to_flat', 'optimizer_from_flat', 'CorruptCheckpointError',
-           'verify_checkpoint', 'latest_checkpoint', 'SAETrainer', 'close', 'configure_train', 'run_train',
-           'train_main']
+           'verify_checkpoint', 'latest_checkpoint', 'SAETrainer', 'close', 'parse_count', 'configure_train',
+           'run_train', 'train_main']
 
 # %% ../nbs/21_train.ipynb #27d9bb4e
 def _epoch_perm(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -972,6 +972,19 @@ def _opt(rng: str, integer: bool = False):
         return v
     return parse
 
+_SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
+
+def parse_count(s) -> int:
+    "A positive count from `'200000'`, `'200_000'`, `'200k'`, `'1.5M'`, `'1e6'` (an argparse `type` for token counts)."
+    t = str(s).strip().lower().replace("_", "").replace(",", "")
+    mult = _SUFFIX.get(t[-1:], 1)
+    if mult != 1: t = t[:-1]
+    try: v = float(t) * mult
+    except ValueError: v = math.nan
+    if not math.isfinite(v) or v < 1 or v != int(v):
+        raise argparse.ArgumentTypeError(f"must be a whole count > 0 (e.g. 200000, 200k, 1.5M or 1e6), got {s!r}")
+    return int(v)
+
 def configure_train(ap: argparse.ArgumentParser):
     "Arguments of `deeplens train --store DIR --hook H --arch topk --k 32 --expansion 8 --tokens N --out DIR [--resume]`."
     pos, frac = _opt(">0", integer=True), _opt("[0,1)")
@@ -981,7 +994,7 @@ def configure_train(ap: argparse.ArgumentParser):
     ap.add_argument("--k", type=pos, default=32, help="latents kept per row (topk/batchtopk/matryoshka)")
     ap.add_argument("--beta-l1", type=_opt(">=0"), default=None, help="L1 coefficient (relu/gated)")
     ap.add_argument("--expansion", type=pos, default=8, help="d_sae = expansion * d_in")
-    ap.add_argument("--tokens", type=pos, required=True, help="training tokens")
+    ap.add_argument("--tokens", type=parse_count, required=True, metavar="N", help="training tokens: 200000, 200k, 1.5M, 1e6")
     ap.add_argument("--batch-size", type=pos, default=None, help="default: about 1000 steps, 256..4096 rows")
     ap.add_argument("--lr", type=_opt(">0"), default=None)
     ap.add_argument("--lrs", default="cosine", choices=["none", "cosine", "linear", "plateau"])

@@ -183,7 +183,7 @@ def test_extract_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e: main(["extract", "--hooks", "x", "--corpus", "c", "--out", "o"])    # no --tokens
     assert e.value.code == 2
     with pytest.raises(SystemExit) as e: main(["extract", "--hooks", "x", "--corpus", "c", "--out", "o", "--tokens", "lots"])
-    assert e.value.code == 2 and "not a count" in capsys.readouterr().err
+    assert e.value.code == 2 and "argument --tokens: must be a whole count > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["extract", "--hooks", "x", "--corpus", str(tmp_path / "missing.jsonl"), "--out", "o", "--tokens", "10"])
     assert e.value.code == 2 and "no such file" in capsys.readouterr().err
@@ -235,7 +235,7 @@ def test_demo_argument_errors(tmp_path, capsys, extra, msg):
     with pytest.raises(SystemExit) as e: main(["demo", "--out", str(tmp_path / "d"), "--no-progress", *extra])
     assert e.value.code == 2
     if msg: assert msg in one_error_line(capsys, "demo")
-    else: assert "argument --tokens: not a positive whole count" in capsys.readouterr().err
+    else: assert "argument --tokens: must be a whole count > 0" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
 @pytest.mark.parametrize("command", ["extract", "train", "demo"])

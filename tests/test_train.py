@@ -494,9 +494,9 @@ def _cli_args(store, out, *extra):
     ("--eval-fraction", "1.5", r"must be a number in \[0, 1\), got 1.5"),
     ("--eval-fraction", "-0.1", r"must be a number in \[0, 1\), got -0.1"),
     ("--expansion", "0", r"must be an integer > 0, got 0"),
-    ("--tokens", "0", r"must be an integer > 0, got 0"),
-    ("--tokens", "-5", r"must be an integer > 0, got -5"),
-    ("--tokens", "1.5", r"must be an integer, got '1.5'"),
+    ("--tokens", "0", r"must be a whole count > 0 \(e.g. 200000, 200k, 1.5M or 1e6\), got '0'"),
+    ("--tokens", "-5", r"must be a whole count > 0 .*, got '-5'"),
+    ("--tokens", "1.5", r"must be a whole count > 0 .*, got '1.5'"),
     ("--lr", "0", r"must be a number > 0, got 0"),
     ("--beta-l1", "-1", r"must be a number >= 0, got -1"),
     ("--k", "0", r"must be an integer > 0, got 0"),
@@ -517,7 +517,7 @@ def _cli_error(argv, capsys) -> str:
     from deeplens.cli import main
     with pytest.raises(SystemExit) as e: main(["train", *argv])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err.startswith("deeplens: error: ") and err.count("\n") == 1, err
+    assert e.value.code == 2 and err.startswith("deeplens train: error: ") and err.count("\n") == 1, err
     return err
 
 def test_cli_errors_speak_the_command_line(store, tmp_path, capsys):
@@ -526,7 +526,7 @@ def test_cli_errors_speak_the_command_line(store, tmp_path, capsys):
     def error(*extra, where=out):
         errs.append(_cli_error(_cli_args(store, where, *extra), capsys)); return errs[-1]
     f = tmp_path / "file"; f.write_text("x")
-    assert f"--out {f} is a file: give a directory" in error(where=f)
+    assert f"--out {f} is a file, not a directory" in error(where=f)
     assert "--eval-fraction 1e-05 leaves 6000 training and 0 held-out rows" in error("--eval-fraction", "0.00001")
     assert "--k 100 is more than the SAE's 64 latents (--expansion 2 × d_in 32)" in error("--k", "100")
     assert not out.exists()
