@@ -52,7 +52,7 @@ class ModelConfig:
 class Site:
     "Where one canonical hook point lives in the HF module tree."
     module: str                      # path relative to the HF model root
-    kind: str = "out"                # "out" | "in" | "attn" | "scale" | "result"
+    kind: str = "out"                # "out" | "in" | "attn" | "scale" | "normalized" | "result"
     view: Callable | None = None     # module tensor -> canonical view of it (last dim(s) only)
     inplace: bool = False            # "in" sites: write by copying into the shared input tensor
     flat: bool = False               # tensor arrives as [batch*pos, ...]
@@ -267,7 +267,7 @@ def _block_sites(spec: ArchSpec, cfg: ModelConfig, l: int) -> tuple[dict, dict]:
     def put(name, module, **kw): sites[f"blocks.{l}.{name}"] = Site(f"{b}.{module}" if module else b, **kw)
     put("hook_resid_pre", "", kind="in")
     put("ln1.hook_scale", spec.ln1, kind="scale")
-    put("ln1.hook_normalized", spec.ln1)
+    put("ln1.hook_normalized", spec.ln1, kind="normalized")
     for name, proj, over in (("q", spec.q, spec.q_site), ("k", spec.k, spec.k_site), ("v", spec.v, None)):
         m, view = over or proj
         put(f"attn.hook_{name}", m, view=view)
@@ -288,7 +288,7 @@ def _block_sites(spec: ArchSpec, cfg: ModelConfig, l: int) -> tuple[dict, dict]:
         missing[f"blocks.{l}.hook_resid_mid"] = spec.why_missing.get("resid_mid", _PARALLEL).replace("{l}", str(l))
     if spec.ln2:
         put("ln2.hook_scale", spec.ln2, kind="scale", flat=spec.flat_mlp)
-        put("ln2.hook_normalized", spec.ln2, flat=spec.flat_mlp)
+        put("ln2.hook_normalized", spec.ln2, kind="normalized", flat=spec.flat_mlp)
     else:
         for n in ("ln2.hook_scale", "ln2.hook_normalized"):
             missing[f"blocks.{l}.{n}"] = spec.why_missing.get("ln2", "").replace("{l}", str(l))
@@ -314,7 +314,7 @@ def site_table(spec: ArchSpec, cfg: ModelConfig) -> tuple[dict[str, Site], dict[
         s, m = _block_sites(spec, cfg, l)
         sites.update(s); missing.update(m)
     sites["ln_final.hook_scale"] = Site(spec.ln_final, kind="scale")
-    sites["ln_final.hook_normalized"] = Site(spec.ln_final)
+    sites["ln_final.hook_normalized"] = Site(spec.ln_final, kind="normalized")
     sites["hook_logits"] = Site(spec.unembed)
     return sites, missing
 

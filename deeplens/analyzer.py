@@ -192,6 +192,8 @@ def trace(model, texts, layers=None, sites=("block_output", "final_norm", "logit
             t = cache[name]
             if s == "logits": t = lens_logits(m, t)
             elif name.endswith("attn.hook_z"): t = t.flatten(-2)
+            elif name.endswith("hook_normalized"):      # the norm's output (what the MLP / unembedding reads), not x / scale
+                t = m.apply_norm(t, t.new_ones(()), name.rsplit(".", 1)[0], center=False)
             acts[(s, l)] = t
     return TraceResult(acts, wanted, final, ids, mask, ls, sites, m.cfg.n_layers)
 

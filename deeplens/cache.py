@@ -8,7 +8,7 @@ import json, os
 from pathlib import Path
 import torch
 from .adapters import canonical_name, closest_names
-from .hooks import apply_norm
+from .hooks import apply_norm, norm_eps, norm_scale
 
 # %% auto #0
 __all__ = ['CacheKeyError', 'LazyDict', 'ActivationCache', 'keep_freed_memory', 'release_memory', 'paused_gc']
@@ -282,10 +282,18 @@ def _accumulated_resid(self: ActivationCache, layer: int | None = None, incl_mid
         if not parallel and ((incl_mid and l < L) or (mlp_input and l == L)):
             parts.append(self[f"blocks.{l}.hook_resid_mid"]); labels.append(f"{l}_mid")
     out = _stack_parts([_slice_dim(p, pos_slice, self._pos_dim) for p in parts])
-    if apply_ln: out = self.apply_ln_to_stack(out, L, mlp_input=mlp_input, pos_slice=pos_slice)
+    if apply_ln and L == n: out = self._final_norm_each(out)
+    elif apply_ln: out = self.apply_ln_to_stack(out, L, mlp_input=mlp_input, pos_slice=pos_slice)
     return (out, labels) if return_labels else out
 
-ActivationCache._resid = _resid
+def _final_norm_each(self: ActivationCache, stack: torch.Tensor) -> torch.Tensor:
+    "The final norm applied to each residual in `stack` with its own scale (the logit lens), weight and bias included."
+    mod, dev = self._need_model("accumulated_resid(apply_ln=True)").norm_module("ln_final"), stack.device
+    kind, w, b = self._arch["normalization"], getattr(mod, "weight", None), getattr(mod, "bias", None)
+    return apply_norm(stack, norm_scale(stack, kind, norm_eps(mod)), kind,
+                      None if w is None else w.detach().to(dev), None if b is None else b.detach().to(dev))
+
+ActivationCache._resid, ActivationCache._final_norm_each = _resid, _final_norm_each
 
 # %% ../nbs/02_cache.ipynb #a8a9ee85
 @_method

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from .adapters import Site
 
 # %% auto #0
-__all__ = ['Hook', 'layer_of', 'checked_call', 'norm_eps', 'norm_scale', 'apply_norm', 'softmax_pattern', 'hooked_attention',
-           'AttentionSwitch', 'Handle', 'SiteContext', 'head_results', 'attach', 'attach_reader', 'has_hooks',
-           'GradRecord', 'CallRecord', 'NodeGradRecord', 'capture_gradients', 'capture_kwargs_hook', 'tensor_grad_hook',
-           'autograd_node_hook', 'capture_backward_pre']
+__all__ = ['Hook', 'layer_of', 'checked_call', 'norm_eps', 'norm_scale', 'norm_gain', 'apply_norm', 'normalize',
+           'softmax_pattern', 'hooked_attention', 'AttentionSwitch', 'Handle', 'SiteContext', 'head_results', 'attach',
+           'attach_reader', 'has_hooks', 'GradRecord', 'CallRecord', 'NodeGradRecord', 'capture_gradients',
+           'capture_kwargs_hook', 'tensor_grad_hook', 'autograd_node_hook', 'capture_backward_pre']
 
 # %% ../nbs/01_hooks.ipynb #92c6cb75
 @dataclass(eq=False)
@@ -85,14 +85,23 @@ def norm_scale(x: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
     var = torch.var(xf, -1, keepdim=True, correction=0) if kind == "LN" else (xf * xf).mean(-1, keepdim=True)
     return (var + eps).sqrt().to(x.dtype)
 
+def norm_gain(weight: torch.Tensor | None, kind: str):
+    "What a norm multiplies the normalised input by: its weight (`1 + weight` for Gemma's RMS1p), or None."
+    if weight is None: return None
+    return (1 + weight.float()) if kind == "RMS1p" else weight.float()
+
 def apply_norm(x: torch.Tensor, scale: torch.Tensor, kind: str, weight=None, bias=None, center: bool = True):
     "A norm's output for input `x` and an explicit `scale`; `center=False` skips LayerNorm's mean removal."
     xf = x.float()
     if kind == "LN" and center: xf = xf - xf.mean(-1, keepdim=True)
     y = xf / scale.float()
-    if weight is not None: y = y * ((1 + weight.float()) if kind == "RMS1p" else weight.float())
+    if weight is not None: y = y * norm_gain(weight, kind)
     if bias is not None: y = y + bias.float()
     return y.to(x.dtype)
+
+def normalize(x: torch.Tensor, kind: str, eps: float, scale: torch.Tensor | None = None) -> torch.Tensor:
+    "`hook_normalized`: `x` (centred for LayerNorm) over its norm scale (or the given `scale`), before weight and bias."
+    return apply_norm(x, norm_scale(x, kind, eps) if scale is None else scale, kind)
 
 # %% ../nbs/01_hooks.ipynb #ff162509
 _ATTN_HOOKS: "weakref.WeakKeyDictionary[nn.Module, dict[str, list]]" = weakref.WeakKeyDictionary()
@@ -312,8 +321,11 @@ def attach(ctx: SiteContext, name: str, site: Site, fn: Callable, bwd: bool = Fa
                 return None
             return _with_first_input(args, kwargs, _rebuild(base, site, new, batch))
         handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
-    elif site.kind in ("scale", "result"):
-        handles.append(mod.register_forward_hook(_computed_hook(ctx, site, mod, call, bwd, batch), with_kwargs=True))
+    elif site.kind in ("scale", "normalized", "result"):
+        # a norm's scale hooks run before its other hooks, so hook_normalized divides by a scale a hook wrote
+        handles.append(mod.register_forward_hook(_computed_hook(ctx, site, mod, call, bwd, batch), with_kwargs=True,
+                                                 prepend=site.kind == "scale"))
+        if site.kind == "scale": handles.append(Handle(lambda: _SCALES.pop(mod, None)))
     elif site.kind == "attn":
         key = name.rsplit("hook_", 1)[1]
         if bwd:
@@ -336,34 +348,45 @@ def _enclosing_block(hf, path):
     return hf
 
 # %% ../nbs/01_hooks.ipynb #8a2cf480
+_SCALES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()   # norm → (input, scale a hook set)
+
 def _computed_hook(ctx, site, mod, call, bwd, batch):
-    bias = getattr(mod, "bias", None)
+    bias, kind = getattr(mod, "bias", None), ctx.normalization
     def compute(args, kwargs):
-        x = _first_input(args, kwargs)
-        if site.flat: x = x.unflatten(0, (batch(), -1))
-        if site.kind == "scale": return x, norm_scale(x, ctx.normalization, norm_eps(mod))
-        return x, head_results(x.unflatten(-1, (ctx.n_heads, ctx.d_head)), _o_weight(mod, ctx.n_heads, ctx.d_head))
+        x0 = _first_input(args, kwargs)
+        x = x0.unflatten(0, (batch(), -1)) if site.flat else x0
+        if site.kind == "result":
+            return x0, x, head_results(x.unflatten(-1, (ctx.n_heads, ctx.d_head)), _o_weight(mod, ctx.n_heads, ctx.d_head))
+        if site.kind == "scale": return x0, x, norm_scale(x, kind, norm_eps(mod))
+        known = _SCALES.get(mod)
+        return x0, x, normalize(x, kind, norm_eps(mod), known[1] if known is not None and known[0]() is x0 else None)
 
     def flat(t): return t.flatten(0, 1) if site.flat else t
 
     def rebuild(x, act):
-        if site.kind == "scale":
-            return flat(apply_norm(x, act, ctx.normalization, getattr(mod, "weight", None), bias))
+        w = getattr(mod, "weight", None)
+        if site.kind == "scale": return flat(apply_norm(x, act, kind, w, bias))
+        if site.kind == "normalized": return flat(apply_norm(act, act.new_ones(()), kind, w, bias, center=False))
         return flat(act.sum(2) + bias) if bias is not None else flat(act.sum(2))
 
     def delta(out, old, new):
         if site.kind == "scale":
             return (out - bias if bias is not None else out) * flat(old / new - 1)
+        if site.kind == "normalized":
+            gain = norm_gain(getattr(mod, "weight", None), kind)
+            return flat(new - old if gain is None else ((new - old).float() * gain).to(out.dtype))
         return flat((new - old).sum(2))
 
     def fwd(m, args, kwargs, out):
-        x, act = compute(args, kwargs)
+        x0, x, act = compute(args, kwargs)
         if bwd:
             if not act.requires_grad: return None
             act.register_hook(lambda g: call(g))
+            if site.kind == "scale": _SCALES[mod] = (weakref.ref(x0), act)
             return _with_first_output(out, rebuild(x, act))
         new = call(act)
         if new is None: return None
+        if site.kind == "scale": _SCALES[mod] = (weakref.ref(x0), new)
         o = _first_output(out)
         return _with_first_output(out, o + delta(o, act, new))
     return fwd

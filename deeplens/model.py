@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_model.ipynb #83de2a02
 from __future__ import annotations
-import contextlib, functools, inspect, os, re, shutil, subprocess, sys, tempfile, time, zipfile
+import contextlib, functools, inspect, os, re, shutil, subprocess, sys, tempfile, threading, time, weakref, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -13,7 +13,7 @@ from torch import nn
 from .adapters import (ModelConfig, ArchSpec, Site, arch_spec, model_config, site_table,
                                canonical_name, closest_names)
 from .hooks import (Hook, SiteContext, AttentionSwitch, attach, attach_reader, has_hooks, apply_norm,
-                            norm_eps, norm_scale, layer_of, head_results, softmax_pattern, _o_weight)
+                            norm_eps, norm_scale, normalize, layer_of, head_results, softmax_pattern, _o_weight)
 from .cache import ActivationCache, LazyDict, _auto_keep_freed_memory, paused_gc
 
 # %% auto #0
@@ -125,6 +125,8 @@ def load_model(name_or_path=None, *, tokenizer=None, device="auto", dtype=None, 
     return HookedModel(hf, tokenizer or tok)
 
 # %% ../nbs/03_model.ipynb #20f67c01
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+
 class HookedModel:
     "An HF causal LM with TransformerLens-named hook sites; runs with caches and hooks."
     def __init__(self, hf, tokenizer=None):
@@ -139,6 +141,7 @@ class HookedModel:
         self._persistent: list = []
         self._derived, self._derived_ok = None, {}   # sites a cache derives (built on first use), and their checks
         self._fwd_params = set(inspect.signature(hf.forward).parameters)
+        self._lock = _LOCKS.setdefault(hf, threading.RLock())   # one per HF model, shared by every wrapper of it
         if tokenizer is not None and tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token   # batching needs a pad id; the attention mask hides it
 
@@ -169,7 +172,10 @@ def _names(self: HookedModel, spec) -> list[str]:
     if spec is None: return list(self.sites)
     if callable(spec): return [n for n in self.sites if spec(n)]
     if isinstance(spec, str): spec = [spec]
-    names = list(spec)
+    try: names = list(spec)
+    except TypeError:
+        raise TypeError(f"hook names are given as a name, a list of names, a function name -> bool, or None "
+                        f"(every site); got {type(spec).__name__} {spec!r}") from None
     for n in names: _site(self, n)
     return names
 
@@ -192,20 +198,23 @@ def _attach_all(self: HookedModel, fwd_hooks=(), bwd_hooks=()) -> list:
 @contextlib.contextmanager
 def hooks(self: HookedModel, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True):
     "Context manager: `fwd_hooks=[(name_or_filter, fn)]` (and `bwd_hooks`) are active inside the block."
-    handles = _attach_all(self, fwd_hooks, bwd_hooks)
-    try: yield self
-    finally:
-        for h in reversed(handles): h.remove()
+    with self._lock:                      # other threads' calls wait until these hooks are gone
+        handles = _attach_all(self, fwd_hooks, bwd_hooks)
+        try: yield self
+        finally:
+            for h in reversed(handles): h.remove()
 
 def add_hook(self: HookedModel, name, fn, dir: str = "fwd"):
     "Attach a hook that stays until `reset_hooks()`."
     if dir not in ("fwd", "bwd"): raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
-    self._persistent += _attach_all(self, [(name, fn)] if dir == "fwd" else (), [(name, fn)] if dir == "bwd" else ())
+    with self._lock:
+        self._persistent += _attach_all(self, [(name, fn)] if dir == "fwd" else (), [(name, fn)] if dir == "bwd" else ())
 
 def reset_hooks(self: HookedModel):
     "Remove every hook added with `add_hook`."
-    for h in reversed(self._persistent): h.remove()
-    self._persistent = []
+    with self._lock:
+        for h in reversed(self._persistent): h.remove()
+        self._persistent = []
 
 HookedModel.hooks, HookedModel.add_hook, HookedModel.reset_hooks = hooks, add_hook, reset_hooks
 
@@ -213,6 +222,8 @@ HookedModel.hooks, HookedModel.add_hook, HookedModel.reset_hooks = hooks, add_ho
 def _encode(self: HookedModel, inputs, prepend_bos=None, padding_side=None):
     "→ (input_ids, attention_mask) on the model's device."
     if isinstance(inputs, torch.Tensor):
+        if inputs.ndim not in (1, 2):
+            raise ValueError(f"a token tensor is [pos] or [batch, pos]; got {inputs.ndim} dims, shape {tuple(inputs.shape)}")
         ids = inputs if inputs.ndim == 2 else inputs.unsqueeze(0)
         if ids.dtype not in (torch.int64, torch.int32): raise TypeError(f"token tensors must be integer ids, got {ids.dtype}")
         return ids.to(self.device), torch.ones_like(ids, device=self.device)
@@ -286,15 +297,33 @@ def _stop_hook(self: HookedModel, layer: int, box: list):
         raise _Stop
     return self.hf.get_submodule(path).register_forward_pre_hook(pre, with_kwargs=True)
 
-def forward(self: HookedModel, inputs, return_type: str | None = "logits", *, attention_mask=None,
-            prepend_bos=None, padding_side=None, stop_at_layer: int | None = None, **hf_kwargs):
-    """Run the model: str, list of str, or token ids → logits / loss.
-    With `stop_at_layer=L` only blocks 0..L-1 run and the residual entering block L is returned
-    (L = n_layers: the final residual before `ln_final`)."""
-    if return_type not in ("logits", "loss", "both", None):
-        raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+def _check_ids(self: HookedModel, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int = 0):
+    "Refuse inputs the model cannot run: no tokens, ids outside its embedding, more positions than its context."
+    b, n = ids.shape
+    if b == 0 or n == 0:
+        raise ValueError(f"the inputs hold no tokens (shape {tuple(ids.shape)}: an empty string or tensor); pass at least one token")
+    empty = (mask.sum(-1) == 0).nonzero()
+    if len(empty): raise ValueError(f"input {int(empty[0])} of the batch has no tokens (an empty string?); remove it")
+    n_vocab = self.hf.get_input_embeddings().weight.shape[0]
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= n_vocab:
+        raise ValueError(f"token ids must be in 0..{n_vocab - 1} (the model's vocabulary); got ids from {lo} to {hi}")
+    if n + new_tokens > self.cfg.n_ctx:
+        more = f" plus {new_tokens} new tokens" if new_tokens else ""
+        raise ValueError(f"the inputs are {n} tokens{more}, longer than the model's context of {self.cfg.n_ctx} positions "
+                         f"(cfg.n_ctx); cut them into windows of at most {self.cfg.n_ctx - new_tokens} tokens")
+
+def _prepare(self: HookedModel, inputs, attention_mask=None, prepend_bos=None, padding_side=None, new_tokens: int = 0):
+    "→ (input_ids, attention_mask) on the model's device, checked to be runnable (`_check_ids`)."
     ids, mask = _encode(self, inputs, prepend_bos, padding_side)
     if attention_mask is not None: mask = attention_mask.to(self.device)
+    _check_ids(self, ids, mask, new_tokens)
+    return ids, mask
+
+def _run(self: HookedModel, ids, mask, return_type="logits", stop_at_layer: int | None = None, **hf_kwargs):
+    "The forward itself, on prepared ids and mask."
+    if return_type not in ("logits", "loss", "both", None):
+        raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
     kw = dict(input_ids=ids, attention_mask=mask, **hf_kwargs)
     if "position_ids" in self._fwd_params and not (mask == 1).all():
         kw["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -311,6 +340,14 @@ def forward(self: HookedModel, inputs, return_type: str | None = "logits", *, at
     loss = _loss(logits, ids, mask)
     return loss if return_type == "loss" else (logits, loss)
 
+def forward(self: HookedModel, inputs, return_type: str | None = "logits", *, attention_mask=None,
+            prepend_bos=None, padding_side=None, stop_at_layer: int | None = None, **hf_kwargs):
+    """Run the model: str, list of str, or token ids → logits / loss.
+    With `stop_at_layer=L` only blocks 0..L-1 run and the residual entering block L is returned
+    (L = n_layers: the final residual before `ln_final`)."""
+    ids, mask = _prepare(self, inputs, attention_mask, prepend_bos, padding_side)
+    with self._lock: return _run(self, ids, mask, return_type, stop_at_layer, **hf_kwargs)
+
 def run_with_hooks(self: HookedModel, inputs, fwd_hooks=(), bwd_hooks=(), return_type="logits", **kw):
     "Forward with `fwd_hooks=[(name_or_filter, fn)]` (and backward hooks) attached for this call only."
     with self.hooks(fwd_hooks, bwd_hooks):
@@ -326,10 +363,15 @@ class Derived:
     fn: Callable             # fn(*inputs) -> the activation the site's hook would see
     guard: tuple = ()        # modules between the inputs and the site: a hook on one means hook the site instead
     weights: tuple = ()      # modules whose weights `fn` reads: they must not change before the entry is read
-    always: bool = False     # derived even when its inputs were not asked for, and under pos_slice/device (hook_result)
+    always: bool = False     # derived even when its inputs were not asked for, and under device/incl_bwd (hook_result)
 
 def _same(x): return x
 def _add(a, b): return a + b
+
+def _result(z, o, c):
+    "`hook_result` from `hook_z`, computed where the hook computes it (the model's device), then moved to z's device."
+    w = _o_weight(o, c.n_heads, c.d_head).detach()
+    return head_results(z.to(w.device), w).to(z.device)
 
 def derived_sites(self: HookedModel) -> dict[str, Derived]:
     "Every site of this model that a cache can derive from other sites, in forward order (built once)."
@@ -337,7 +379,7 @@ def derived_sites(self: HookedModel) -> dict[str, Derived]:
     s, c, mod, out = self.spec, self.cfg, self.hf.get_submodule, {}
     def norm(prefix, x, m):
         out[f"{prefix}.hook_scale"] = Derived((x,), lambda t, e=norm_eps(m): norm_scale(t, c.normalization, e), (m,))
-        out[f"{prefix}.hook_normalized"] = Derived((x,), lambda t, m=m: m.forward(t), (m,), (m,))
+        out[f"{prefix}.hook_normalized"] = Derived((x,), lambda t, e=norm_eps(m): normalize(t, c.normalization, e), (m,))
     for l in range(c.n_layers):
         b, blk = f"blocks.{l}.", f"{s.layers}.{l}"
         pre, mid = b + "hook_resid_pre", b + "hook_resid_mid"
@@ -346,8 +388,7 @@ def derived_sites(self: HookedModel) -> dict[str, Derived]:
         out[b + "attn.hook_pattern"] = Derived((b + "attn.hook_attn_scores", b + "attn.hook_v"),
                                                lambda sc, v: softmax_pattern(sc, v.dtype), (mod(f"{blk}.{s.attn}"),))
         o = mod(f"{blk}.{s.o}")
-        out[b + "attn.hook_result"] = Derived((b + "attn.hook_z",), lambda z, o=o: head_results(
-            z, _o_weight(o, c.n_heads, c.d_head).detach().to(z.device)), weights=(o,), always=True)
+        out[b + "attn.hook_result"] = Derived((b + "attn.hook_z",), lambda z, o=o: _result(z, o, c), weights=(o,), always=True)
         if s.resid_mid: out[mid] = Derived((pre, b + "hook_attn_out"), _add, (mod(f"{blk}.{s.resid_mid}"),))
         if s.ln2: norm(b + "ln2", mid if s.resid_mid else pre, mod(f"{blk}.{s.ln2}"))
         if s.mlp_act:
@@ -365,13 +406,14 @@ HookedModel.derived_sites = derived_sites
 @functools.lru_cache(maxsize=None)
 def _kind(name: str) -> str: return re.sub(r"^blocks\.\d+\.", "", name)   # the site without its layer
 
-def _plan(self: HookedModel, names: list[str], lazy: bool):
-    "→ (names to hook, {name: Derived} to derive, names both hooked and derived to check them)."
+def _plan(self: HookedModel, names: list[str], lazy: bool, always: bool = True):
+    """→ (names to hook, {name: Derived} to derive, names both hooked and derived to check them).
+    `lazy`: derive what can be derived; `always`: derive at least the `always` sites (hook_result)."""
     table, want = derived_sites(self), set(names)
     derive, check, hidden = {}, [], []
     for n in names:
         d = table.get(n)
-        if d is None or not (lazy or d.always) or self._derived_ok.get(_kind(n)) is False: continue
+        if d is None or not (lazy or (always and d.always)) or self._derived_ok.get(_kind(n)) is False: continue
         if any(has_hooks(m) for m in d.guard): continue
         missing = [i for i in d.inputs if i not in want]
         if missing and not d.always: continue
@@ -383,15 +425,36 @@ def _plan(self: HookedModel, names: list[str], lazy: bool):
 
 def _weights_state(mods) -> tuple: return tuple((id(p), p._version) for m in mods for p in m._parameters.values() if p is not None)
 
-def _recipe(name: str, d: Derived, hidden: dict):
-    "What a `LazyDict` calls the first time `name` is read: `d.fn` on the entries (or hidden tensors) it derives from."
-    state = _weights_state(d.weights)
-    def compute(store):
-        if _weights_state(d.weights) != state:
-            raise RuntimeError(f"{name} is computed from the cache when first read, but the weights it needs "
+class _Sources:
+    "The forward's own tensors that a cache's derived entries are computed from, as they were after the forward."
+    __slots__ = ("saved", "derive", "versions", "states")
+    def __init__(self, saved: dict, derive: dict):
+        self.saved, self.derive = saved, derive
+        self.versions = {i: saved[i]._version for d in derive.values() for i in d.inputs if i in saved}
+        self.states = {n: _weights_state(d.weights) for n, d in derive.items() if d.weights}
+
+    def value(self, n: str, reading: str):
+        "The activation at `n` as the forward produced it (derived ones recomputed), or an error if that is gone."
+        if n in self.saved:
+            t = self.saved[n]
+            if t._version != self.versions[n]:
+                raise RuntimeError(
+                    f"{reading} is computed from {n} when first read, and {n} was changed in place after the forward "
+                    "(directly, or through an entry sharing its memory: the next block's hook_resid_pre is the same "
+                    "tensor). Read derived entries before editing cached tensors, or edit a copy "
+                    "(x = cache[name].clone()); run run_with_cache again to get it now.")
+            return t
+        d = self.derive[n]
+        if d.weights and _weights_state(d.weights) != self.states[n]:
+            raise RuntimeError(f"{reading} is computed from the cache when first read, but the weights it needs "
                                f"({', '.join(type(m).__name__ for m in d.weights)}) were changed in place after the "
                                "forward. Read it before editing weights, or run run_with_cache again.")
-        with torch.no_grad(): return d.fn(*(store[i] if i in store else hidden[i] for i in d.inputs))
+        return d.fn(*(self.value(i, reading) for i in d.inputs))
+
+def _recipe(name: str, sources: _Sources):
+    "What a `LazyDict` calls the first time `name` is read (it reads the forward's tensors, not the cache's entries)."
+    def compute(store):
+        with torch.no_grad(): return sources.value(name, name)
     return compute
 
 def _identical(a, b) -> bool: return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
@@ -416,24 +479,44 @@ def _assemble(self: HookedModel, names, saved: dict, derive: dict, check: list) 
                 verdicts[_kind(n)] = verdicts.get(_kind(n), True) and _identical(got, saved[n])
     self._derived_ok.update(verdicts)
     memo.clear()                              # the checked sites are hooked values now, not recipes
-    store, want = LazyDict(), set(names)
-    hidden = {k: v for k, v in saved.items() if k not in want}   # inputs kept out of sight (hook_z for hook_result)
+    store, sources = LazyDict(), _Sources(saved, derive)   # saved also holds inputs kept out of sight (hook_z for hook_result)
     for n in names:
         if n in saved: store[n] = saved[n]
-        elif n in derive and _available(n, saved, derive, memo): store.add_lazy(n, _recipe(n, derive[n], hidden))
+        elif n in derive and _available(n, saved, derive, memo): store.add_lazy(n, _recipe(n, sources))
     for k, v in saved.items():
         if k.endswith("_grad"): store[k] = v
     return store
 
 # %% ../nbs/03_model.ipynb #7189b97e
+def _positions(pos_slice, n: int):
+    "`pos_slice` checked against an input of `n` positions (an error if it selects none, or one outside), indices made non-negative."
+    if pos_slice is None: return None
+    what = f"pos_slice={pos_slice!r} selects no position of these inputs, which are {n} tokens long (positions 0..{n - 1}, or -{n}..-1)"
+    kinds = f"pos_slice must be an int, a slice or a 1-d list of int positions, got {pos_slice!r}"
+    if isinstance(pos_slice, bool): raise TypeError(kinds)
+    if isinstance(pos_slice, tuple): pos_slice = slice(*pos_slice)   # (start, stop[, step]), as in the cache's methods
+    if isinstance(pos_slice, int):
+        if not -n <= pos_slice < n: raise ValueError(what)
+        return pos_slice
+    if isinstance(pos_slice, slice):
+        if not len(range(n)[pos_slice]): raise ValueError(what)
+        return pos_slice
+    try: idx = torch.as_tensor(pos_slice)
+    except (TypeError, ValueError, RuntimeError): raise TypeError(kinds) from None
+    if idx.numel() == 0: raise ValueError(what)
+    if idx.is_floating_point() or idx.dtype == torch.bool or idx.ndim > 1: raise TypeError(kinds)
+    if int(idx.min()) < -n or int(idx.max()) >= n: raise ValueError(what)
+    return idx.long() % n
+
 def _slicer(pos_slice, dim):
+    "Positions `pos_slice` of a tensor along `dim`, as a fresh tensor (a view would keep the whole activation alive)."
     if pos_slice is None: return lambda t: t
     if isinstance(pos_slice, int): idx = slice(pos_slice, pos_slice + 1 if pos_slice != -1 else None)
     elif isinstance(pos_slice, slice): idx = pos_slice
     else: idx = torch.as_tensor(pos_slice)
     def f(t):
         if isinstance(idx, torch.Tensor): return t.index_select(dim, idx.to(t.device))
-        return t[(slice(None),) * dim + (idx,)]
+        return t[(slice(None),) * dim + (idx,)].clone(memory_format=torch.contiguous_format)
     return f
 
 @contextlib.contextmanager
@@ -451,10 +534,11 @@ def run_with_cache(self: HookedModel, inputs, names_filter=None, *, pos_slice=No
     """Forward, caching activations at `names_filter` (None: all sites) → (output, ActivationCache).
     Sites that are exact functions of other cached sites are computed when first read (`derived_sites`)."""
     names = self.names(names_filter)
+    ids, mask = _prepare(self, inputs, *(kw.pop(k, None) for k in ("attention_mask", "prepend_bos", "padding_side")))
+    pos_slice = _positions(pos_slice, ids.shape[1])
     _auto_keep_freed_memory(self.device)      # reuse the last cache's memory instead of faulting in fresh pages
-    lazy = (pos_slice is None and device is None and not incl_bwd and not self.hf.training
-            and not torch.is_autocast_enabled(self.device.type))
-    hooked, derive, check = _plan(self, names, lazy)
+    autocast = torch.is_autocast_enabled(self.device.type)
+    lazy = pos_slice is None and device is None and not incl_bwd and not self.hf.training and not autocast
     saved = {}
     def keeper(key, dim, copy=False):
         if pos_slice is None and device is None and not copy:
@@ -463,23 +547,28 @@ def run_with_cache(self: HookedModel, inputs, names_filter=None, *, pos_slice=No
         sl = _slicer(pos_slice, dim)
         def keep(t):
             a = sl(t.detach())
-            if copy: a = a.clone()            # autograd may reuse a gradient buffer later
+            if copy and pos_slice is None: a = a.clone()   # autograd may reuse a gradient buffer later
             saved[key] = a.to(device) if device is not None else a
         return keep
-    keeps = {n: keeper(n, self.sites[n].pos_dim) for n in hooked}
-    bwd = [(n, lambda g, hook, keep=keeper(n + "_grad", self.sites[n].pos_dim, copy=True): keep(g))
-           for n in names] if incl_bwd else []
     grad_ctx = torch.enable_grad() if incl_bwd else torch.no_grad()
-    with paused_gc(), grad_ctx, _reading(self, keeps), self.hooks((), bwd):   # no collector passes over the hooks' objects
-        out = forward(self, inputs, return_type, **kw)
-        if incl_bwd:
-            target = metric(out) if metric is not None else out
-            if not isinstance(target, torch.Tensor) or target.numel() != 1:
-                raise ValueError("incl_bwd=True needs a scalar to differentiate: pass metric=fn(output) -> scalar, "
-                                 "or return_type='loss'.")
-            target.backward()
+    with self._lock:                          # no other thread's forward runs while these hooks are attached
+        # hook_result is derived from hook_z of the whole sequence, unless pos_slice or autocast would make that a
+        # different computation from the hook's: then it is hooked (computed for every position) and sliced like the rest
+        hooked, derive, check = _plan(self, names, lazy, always=pos_slice is None and not autocast)
+        keeps = {n: keeper(n, self.sites[n].pos_dim) for n in hooked}
+        bwd = [(n, lambda g, hook, keep=keeper(n + "_grad", self.sites[n].pos_dim, copy=True): keep(g))
+               for n in names] if incl_bwd else []
+        with paused_gc(), grad_ctx, _reading(self, keeps), self.hooks((), bwd):   # no collector passes over the hooks' objects
+            out = _run(self, ids, mask, return_type, **kw)
+            if incl_bwd:
+                target = metric(out) if metric is not None else out
+                if not isinstance(target, torch.Tensor) or target.numel() != 1:
+                    raise ValueError("incl_bwd=True needs a scalar to differentiate: pass metric=fn(output) -> scalar, "
+                                     "or return_type='loss'.")
+                target.backward()
+        store = _assemble(self, names, saved, derive, check)
     if incl_bwd and isinstance(out, torch.Tensor): out = out.detach()
-    return out, ActivationCache(_assemble(self, names, saved, derive, check), self, has_batch_dim=True)
+    return out, ActivationCache(store, self, has_batch_dim=True)
 
 HookedModel.run_with_cache = run_with_cache
 

@@ -84,10 +84,13 @@ def test_trace_equals_run_with_cache(tiny, family):
     _, cache = m.run_with_cache(ids, lambda n: n.endswith(tuple(PER_BLOCK.values()) + ("attn.hook_z", "ln_final.hook_normalized", "hook_logits")))
     for l in range(m.cfg.n_layers):
         for alias, hook in PER_BLOCK.items():
-            assert torch.equal(tr.get(alias, l), cache[f"blocks.{l}.{hook}"])
+            want = cache[f"blocks.{l}.{hook}"]
+            if hook.endswith("hook_normalized"): want = m.apply_norm(want, want.new_ones(()), f"blocks.{l}.ln2", center=False)
+            assert torch.equal(tr.get(alias, l), want)
         assert torch.equal(tr.get("attn_o_proj_pre", l), cache[f"blocks.{l}.attn.hook_z"].flatten(-2))
+    final_norm = m.apply_norm(cache["ln_final.hook_normalized"], torch.ones(()), "ln_final", center=False)
     for alias in ("final_norm", "lm_head_input"):
-        assert torch.equal(tr.get(alias), cache["ln_final.hook_normalized"])
+        assert torch.equal(tr.get(alias), final_norm)
     assert torch.equal(tr.final_logits, m(ids)) and torch.equal(tr.get("logits"), tr.final_logits)
     torch.testing.assert_close(tr.get("logits", -1), tr.final_logits, atol=1e-4, rtol=1e-5)
     assert tr.stack("block_output").shape == (m.cfg.n_layers, *ids.shape, m.cfg.d_model)

@@ -7,11 +7,22 @@ import torch
 from tiny import FAMILIES, tiny_hf, tokens
 from deeplens.model import HookedModel
 from deeplens.cache import ActivationCache
+from deeplens.hooks import norm_eps
 
 ATOL = 1e-5
 
 def close(a, b, atol=ATOL):
     torch.testing.assert_close(a, b, atol=atol, rtol=1e-5)
+
+def norm_input(m, c, which):
+    "The cached residual that norm `which` ('ln_final', 'blocks.L.ln1', 'blocks.L.ln2') reads."
+    if which == "ln_final": return c["resid_post", -1]
+    l, sub = int(which.split(".")[1]), which.split(".")[2]
+    return c["resid_pre", l] if sub == "ln1" or m.cfg.parallel_attn_mlp else c["resid_mid", l]
+
+def norm_out(m, c, which):
+    "What the HF norm module itself outputs for the cached residual it reads (an independent reference)."
+    with torch.no_grad(): return m.norm_module(which)(norm_input(m, c, which))
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def run(request):
@@ -55,18 +66,69 @@ def test_accumulated_resid_through_norms(run):
     acc, labels = c.accumulated_resid(incl_mid=True, return_labels=True)
     assert labels[-1] == "final_post" and labels[0] == "0_pre"
     assert ("0_mid" in labels) == (not m.cfg.parallel_attn_mlp)
-    close(c.apply_ln_to_stack(acc)[-1], c["ln_final.hook_normalized"])
-    close(c.accumulated_resid(apply_ln=True)[-1], c["ln_final.hook_normalized"])
-    close(c.accumulated_resid(1, apply_ln=True)[-1], c["blocks.1.ln1.hook_normalized"])
-    ln2 = "blocks.1.ln2.hook_normalized" if "blocks.1.ln2.hook_normalized" in m.sites else "blocks.1.ln1.hook_normalized"
-    close(c.accumulated_resid(1, mlp_input=True, apply_ln=True)[-1], c[ln2])
-    close(c.accumulated_resid(pos_slice=-1, apply_ln=True)[-1], c["ln_final.hook_normalized"][:, -1])
+    # the last stage is the residual the norm reads: through the norm it is what the HF norm outputs
+    close(c.apply_ln_to_stack(acc)[-1], norm_out(m, c, "ln_final"))
+    close(c.accumulated_resid(apply_ln=True)[-1], norm_out(m, c, "ln_final"))
+    close(c.accumulated_resid(1, apply_ln=True)[-1], norm_out(m, c, "blocks.1.ln1"))
+    ln2 = "blocks.1.ln2" if "blocks.1.ln2.hook_normalized" in m.sites else "blocks.1.ln1"
+    close(c.accumulated_resid(1, mlp_input=True, apply_ln=True)[-1], norm_out(m, c, ln2))
+    close(c.accumulated_resid(pos_slice=-1, apply_ln=True)[-1], norm_out(m, c, "ln_final")[:, -1])
 
 def test_linear_norm_of_decomposition(run):
     fam, m, ids, c = run
     bias = getattr(m.norm_module("ln_final"), "bias", None)
-    target = c["ln_final.hook_normalized"] - (0 if bias is None else bias)
+    target = norm_out(m, c, "ln_final") - (0 if bias is None else bias)
     close(c.apply_ln_to_stack(c.decompose_resid(), bias=False).sum(0), target)
+
+# --- conventions (issue 16, §4), each against a hand computation --------------------------------------------
+
+def over(x, kind, scale):
+    "x (centred for LayerNorm) over `scale`, in float64."
+    x = x.double()
+    return (x - x.mean(-1, keepdim=True) if kind == "LN" else x) / scale.double()
+
+def own_scale(x, kind, eps):
+    "sqrt(variance + eps) for LayerNorm, sqrt(mean square + eps) for RMSNorm, in float64."
+    x = x.double()
+    if kind == "LN": x = x - x.mean(-1, keepdim=True)
+    return (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+def affine(y, kind, mod, bias=True):
+    "y times the norm's weight (1 + weight for Gemma's RMS1p), plus its bias, in float64."
+    w, b = getattr(mod, "weight", None), getattr(mod, "bias", None) if bias else None
+    if w is not None: y = y * ((1 + w.double()) if kind == "RMS1p" else w.double())
+    return y if b is None else y + b.double()
+
+def test_hook_normalized_is_the_input_over_the_scale_before_the_weight(run):
+    "TransformerLens' definition: ln.hook_normalized = x / ln.hook_scale (x centred for LayerNorm), weight not applied."
+    fam, m, ids, c = run
+    kind = m.cfg.normalization
+    for which in ["ln_final", "blocks.0.ln1", "blocks.1.ln1"] + (["blocks.1.ln2"] if "blocks.1.ln2.hook_normalized" in m.sites else []):
+        x, scale, mod = norm_input(m, c, which), c[f"{which}.hook_scale"], m.norm_module(which)
+        close(scale.double(), own_scale(x, kind, norm_eps(mod)))
+        close(c[f"{which}.hook_normalized"].double(), over(x, kind, scale))
+        close(affine(c[f"{which}.hook_normalized"].double(), kind, mod), norm_out(m, c, which).double())   # the output
+
+def test_accumulated_resid_after_the_last_block_normalises_each_stage_by_itself(run):
+    "As TransformerLens 4 (the logit lens): each stage through ln_final with its own scale, weight and bias."
+    fam, m, ids, c = run
+    mod, kind = m.norm_module("ln_final"), m.cfg.normalization
+    acc = c.accumulated_resid()
+    got = c.accumulated_resid(apply_ln=True)
+    close(got.double(), affine(over(acc, kind, own_scale(acc, kind, norm_eps(mod))), kind, mod))
+    # not the cached final scale (what apply_ln_to_stack uses): the first stages differ from that
+    assert (got[0] - c.apply_ln_to_stack(acc)[0]).abs().max() > 1e-2
+    # the logit lens of the last stage is the model's own logits (before Gemma 2's final soft-cap)
+    close(got[-1] @ m.W_U + m.b_U, c["hook_logits"], atol=1e-4)
+
+def test_apply_ln_to_stack_applies_the_weight_with_the_cached_scale(run):
+    "Unlike TransformerLens (which assumes folded weights), the norm's weight is applied: logit_attrs is then exact."
+    fam, m, ids, c = run
+    mod, kind = m.norm_module("ln_final"), m.cfg.normalization
+    parts = c.decompose_resid()
+    y = over(parts, kind, c["ln_final.hook_scale"])
+    close(c.apply_ln_to_stack(parts, bias=False).double(), affine(y, kind, mod, bias=False))
+    close(c.apply_ln_to_stack(parts).double(), affine(y, kind, mod))
 
 def test_logit_attrs_sum_to_logit_difference(run):
     fam, m, ids, c = run
@@ -78,7 +140,7 @@ def test_logit_attrs_sum_to_logit_difference(run):
     ref = logits[torch.arange(len(ids)), -1, tok] - logits[torch.arange(len(ids)), -1, wrong]
     close(attrs.sum(0), ref, atol=1e-4)
     if m.cfg.normalization != "LN" and not m.b_U.any():
-        assert torch.equal(attrs[-1], torch.zeros_like(attrs[-1]))
+        assert torch.equal(attrs[-1], torch.zeros_like(attrs[-1]))   # exact: zero biases, differences of zeros
     # tokens as an int and as a list; without incorrect tokens; the whole position range
     close(c.logit_attrs(stack, 7, pos_slice=-1, include_bias=True).sum(0), logits[:, -1, 7], atol=1e-4)
     close(c.logit_attrs(stack, [7, 8], pos_slice=-1).sum(0), c.logit_attrs(stack, torch.tensor([7, 8]), pos_slice=-1).sum(0))
@@ -89,7 +151,7 @@ def test_rms_bias_component_is_zero():
     m = HookedModel(tiny_hf("llama"))
     _, c = m.run_with_cache(tokens())
     attrs = c.logit_attrs(c.accumulated_resid(pos_slice=-1)[-1:], 3, incorrect_tokens=4, pos_slice=-1, include_bias=True)
-    assert m.cfg.normalization == "RMS" and torch.equal(attrs[-1], torch.zeros(2))
+    assert m.cfg.normalization == "RMS" and torch.equal(attrs[-1], torch.zeros(2))   # exact: no bias anywhere
 
 @pytest.mark.parametrize("fam", ["gpt2", "llama", "gpt_neox", "gptj", "qwen3", "opt"])
 def test_head_results_sum_to_attn_out(models, fam):
@@ -136,6 +198,7 @@ def test_short_names_and_negative_layers(models):
     assert list(c) == list(c.keys()) and len(c) == len(c.cache_dict) and dict(c.items()) == c.cache_dict
     assert c.get("nope") is None
     assert c.stack("resid_post").shape == (n, 2, 7, m.cfg.d_model)
+    # exact: stacking copies the same tensors
     assert torch.equal(c.stack("resid_post", [-1])[0], c["resid_post", -1])
     assert torch.equal(c.stack("scale", sub="ln1")[1], c["scale", 1, "ln1"])
     assert torch.equal(c.stack("attn.hook_pattern", layers=1)[0], c["pattern", 0])
@@ -172,12 +235,12 @@ def test_remove_batch_dim(models):
     c.remove_batch_dim()
     assert not c.has_batch_dim and all(c[k].shape == s[1:] for k, s in full.items())
     assert c["pattern", 0].shape == (m.cfg.n_heads, 7, 7)
-    close(c.accumulated_resid(apply_ln=True)[-1], c["ln_final.hook_normalized"])
+    close(c.accumulated_resid(apply_ln=True)[-1], norm_out(m, c, "ln_final"))
     close(c.decompose_resid().sum(0), c["resid_post", -1])
     _, c2 = m.run_with_cache(ids)
     with pytest.raises(ValueError, match="batch of 2"): c2.remove_batch_dim()
     one = c2.apply_slice_to_batch_dim(1)
-    assert not one.has_batch_dim and torch.equal(one["resid_post", 0], c2["resid_post", 0][1])
+    assert not one.has_batch_dim and torch.equal(one["resid_post", 0], c2["resid_post", 0][1])   # exact: indexing
     assert one["hook_pos_embed"].shape == (7, m.cfg.d_model)
 
 def test_save_load_round_trip(models, tmp_path):
@@ -188,8 +251,8 @@ def test_save_load_round_trip(models, tmp_path):
     back = ActivationCache.load(path, model=m)
     assert list(back) == list(c) and back.has_batch_dim
     for k in c:
-        assert back[k].dtype == c[k].dtype and torch.equal(back[k], c[k]), k
-    close(back.accumulated_resid(apply_ln=True)[-1], c["ln_final.hook_normalized"])
+        assert back[k].dtype == c[k].dtype and torch.equal(back[k], c[k]), k   # exact: the bytes round-trip
+    close(back.accumulated_resid(apply_ln=True)[-1], norm_out(m, c, "ln_final"))
     bare = ActivationCache.load(path)
     assert bare.model is None and bare.n_layers == m.cfg.n_layers and torch.equal(bare["resid_post", -1], c["resid_post", -1])
     close(bare.decompose_resid().sum(0), c["resid_post", -1])       # needs no weights

@@ -18,6 +18,7 @@ def test_first_use_fetches_converts_and_caches(tmp_path, monkeypatch, capsys):
     # the conversion is deterministic: same logits as the user-level cache
     monkeypatch.delenv("DEEPLENS_CACHE")
     ids = fresh.to_tokens("The capital of France is")
+    # exact: the same bytes of weights, the same forward
     with torch.no_grad(): assert torch.equal(fresh.hf(ids).logits, dm.load_model(verbose=False).hf(ids).logits)
 
 def test_fetch_failure_says_how_to_pass_another_model(tmp_path, monkeypatch):

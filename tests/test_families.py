@@ -25,7 +25,7 @@ def test_logits_identical_without_hooks(fam):
     ids = tokens()
     with torch.no_grad():
         ref = hf(ids).logits
-        assert torch.equal(m(ids), ref)
+        assert torch.equal(m(ids), ref)                  # exact: no hooks, the HF forward itself
         assert torch.equal(m.run_with_hooks(ids), ref)
 
 def test_residual_sites_match_hidden_states(fam):
@@ -38,8 +38,14 @@ def test_residual_sites_match_hidden_states(fam):
         torch.testing.assert_close(cache[f"blocks.{l}.hook_resid_pre"], hs[l], atol=ATOL, rtol=0)
     for l in range(L - 1):
         torch.testing.assert_close(cache[f"blocks.{l}.hook_resid_post"], hs[l + 1], atol=ATOL, rtol=0)
-    torch.testing.assert_close(cache["ln_final.hook_normalized"], hs[L], atol=ATOL, rtol=0)
-    assert torch.equal(logits, hf(ids).logits)     # reading resid sites leaves the model bit-identical
+    # hook_normalized is before the norm's weight and bias (TransformerLens' convention); with them it is the output
+    mod = m.norm_module("ln_final")
+    w, b = getattr(mod, "weight", None), getattr(mod, "bias", None)
+    out = cache["ln_final.hook_normalized"]
+    if w is not None: out = out * ((1 + w) if m.cfg.normalization == "RMS1p" else w)
+    torch.testing.assert_close(out if b is None else out + b, hs[L], atol=ATOL, rtol=0)
+    # exact: read-only hooks on module outputs leave the same kernels running on the same tensors
+    assert torch.equal(logits, hf(ids).logits)
 
 def test_pattern_equals_eager_attention(fam):
     name, hf, m = fam

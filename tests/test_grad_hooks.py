@@ -166,7 +166,7 @@ def test_capture_kwargs_hook_records_args_and_kwargs(x):
         m(x)
     assert len(k.calls) == 2
     args, kwargs = k.calls[0]
-    assert len(args) == 1 and torch.equal(args[0], x) and not args[0].requires_grad
+    assert len(args) == 1 and torch.equal(args[0], x) and not args[0].requires_grad   # exact (and below): recorded copies
     assert kwargs["scale"] == 2.0 and kwargs["name"] == "first" and torch.equal(kwargs["mask"], mask)
     assert k.last[1] == {} and torch.equal(k.last[0][0], x)
     assert torch.allclose(m(*args, **kwargs), m(x, scale=2.0, mask=mask))   # replay
@@ -178,7 +178,7 @@ def test_capture_kwargs_hook_snapshot_not_alias():
     with capture_kwargs_hook(m) as k:
         m(t)
     t.add_(1)
-    assert torch.equal(k.last[0][0], torch.ones(4, 3))
+    assert torch.equal(k.last[0][0], torch.ones(4, 3))   # exact: a copy of ones
 
 
 def test_capture_kwargs_hook_cleanup_on_exception(x):

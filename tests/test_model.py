@@ -25,7 +25,7 @@ def hook_dicts(hf):
 def test_string_logits_equal_plain_hf(smol):
     enc = smol.tokenizer("The capital of France is", return_tensors="pt")
     with torch.no_grad(): ref = smol.hf(**enc).logits
-    assert torch.equal(smol("The capital of France is"), ref)
+    assert torch.equal(smol("The capital of France is"), ref)   # exact: the same forward on the same tokens
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padding_keeps_positions(smol, side):
@@ -77,21 +77,37 @@ def test_write_fused_q_only_changes_queries(tiny):
     _, clean = m.run_with_cache(ids, ["blocks.0.attn.hook_k", "blocks.0.attn.hook_v"])
     with m.hooks(fwd_hooks=[("blocks.0.attn.hook_q", lambda q, h: torch.zeros_like(q))]):
         _, c = m.run_with_cache(ids, ["blocks.0.attn.hook_q", "blocks.0.attn.hook_k", "blocks.0.attn.hook_v", "blocks.0.attn.hook_pattern"])
+    # exact: the same c_attn matmul; the write replaces only the query slice of its output
     assert torch.equal(c["blocks.0.attn.hook_k"], clean["blocks.0.attn.hook_k"])
     assert torch.equal(c["blocks.0.attn.hook_v"], clean["blocks.0.attn.hook_v"])
     # zero queries → uniform attention over the causal prefix
     p = c["blocks.0.attn.hook_pattern"][0, 0]
     torch.testing.assert_close(p[3, :4], torch.full((4,), 0.25), atol=ATOL, rtol=0)
 
+def norm_output(m, c, which):
+    "A norm's output from the cache: hook_normalized (before the weight) times the weight (1 + w for Gemma), plus the bias."
+    mod = m.norm_module(which)
+    w, b = getattr(mod, "weight", None), getattr(mod, "bias", None)
+    y = c[f"{which}.hook_normalized"]
+    if w is not None: y = y * ((1 + w) if m.cfg.normalization == "RMS1p" else w)
+    return y if b is None else y + b
+
 def test_write_scale_and_result(tiny):
     m = tiny["gpt2"]; ids = tokens()
     with torch.no_grad(): ref = m.hf(ids).logits
-    # doubling ln_final's scale halves the centred part of the final norm's output
+    # doubling ln_final's scale halves hook_normalized (x / scale, as in TransformerLens) and the centred part of
+    # the norm's output, whichever of the two hooks was attached first
     _, c = m.run_with_cache(ids, ["ln_final.hook_normalized", "ln_final.hook_scale", "blocks.1.hook_resid_post"])
-    with m.hooks(fwd_hooks=[("ln_final.hook_scale", lambda s, h: 2 * s)]):
-        _, c2 = m.run_with_cache(ids, ["ln_final.hook_normalized"])
     ln = m.hf.transformer.ln_f
-    torch.testing.assert_close(c2["ln_final.hook_normalized"] - ln.bias, (c["ln_final.hook_normalized"] - ln.bias) / 2, atol=ATOL, rtol=0)
+    double = ("ln_final.hook_scale", lambda s, h: 2 * s)
+    with m.hooks(fwd_hooks=[double]):
+        _, c2 = m.run_with_cache(ids, ["ln_final.hook_normalized"])
+    seen = {}
+    with m.hooks(fwd_hooks=[("ln_final.hook_normalized", lambda a, h: seen.setdefault("n", a.clone()))]):
+        got = m.run_with_hooks(ids, fwd_hooks=[double])
+    for halved in (c2["ln_final.hook_normalized"], seen["n"]):
+        torch.testing.assert_close(halved, c["ln_final.hook_normalized"] / 2, atol=ATOL, rtol=0)
+    torch.testing.assert_close(got, (norm_output(m, c, "ln_final") - ln.bias) / 2 @ m.W_U + ln.bias @ m.W_U, atol=1e-4, rtol=0)
     # dropping one head's result equals zeroing its z
     def drop(r, h): r = r.clone(); r[:, :, 2] = 0; return r
     def zero(z, h): z = z.clone(); z[:, :, 2] = 0; return z
@@ -99,6 +115,35 @@ def test_write_scale_and_result(tiny):
     b = m.run_with_hooks(ids, fwd_hooks=[("blocks.0.attn.hook_z", zero)])
     torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
     assert (a - ref).abs().max() > 1e-4
+
+@pytest.mark.parametrize("fam", ["gpt2", "llama", "opt"])
+def test_write_normalized_changes_what_the_norm_outputs(tiny, fam):
+    "Writing hook_normalized (before the weight) gives the norm the output new·w + b, and nothing else changes."
+    m = tiny[fam]; ids = tokens()
+    _, c = m.run_with_cache(ids, ["ln_final.hook_normalized", "blocks.1.ln2.hook_normalized", "hook_logits"])
+    mod = m.norm_module("ln_final")
+    b = torch.zeros(m.cfg.d_model) if getattr(mod, "bias", None) is None else mod.bias
+    zeroed = m.run_with_hooks(ids, fwd_hooks=[("ln_final.hook_normalized", lambda a, h: torch.zeros_like(a))])
+    torch.testing.assert_close(zeroed, (b @ m.W_U + m.b_U).expand_as(zeroed), atol=ATOL, rtol=0)
+    doubled = m.run_with_hooks(ids, fwd_hooks=[("ln_final.hook_normalized", lambda a, h: 2 * a)])
+    torch.testing.assert_close(doubled, (2 * (norm_output(m, c, "ln_final") - b) + b) @ m.W_U + m.b_U, atol=1e-4, rtol=0)
+    # the MLP's norm (OPT: a flattened [batch*pos, d] input): writing back the same values changes nothing
+    same = m.run_with_hooks(ids, fwd_hooks=[("blocks.1.ln2.hook_normalized", lambda a, h: a.clone())])
+    assert torch.equal(same, c["hook_logits"])   # exact: an unchanged value is no write, the forward runs as it was
+
+def test_gradients_of_scale_and_normalized(tiny):
+    "With gradient hooks on both, dL/dscale = -Σ dL/dnormalized · normalized / scale, as for x / scale in TransformerLens."
+    m = tiny["llama"]; ids = tokens()
+    names = ["ln_final.hook_normalized", "ln_final.hook_scale"]
+    grabbed = {}
+    def keep(mod, a): a[0].retain_grad(); grabbed["out"] = a[0]     # the final norm's output, as lm_head reads it
+    hd = m.hf.lm_head.register_forward_pre_hook(keep)
+    try: loss, c = m.run_with_cache(ids, names, incl_bwd=True, return_type="loss")
+    finally: hd.remove(); m.hf.zero_grad()
+    g_n, g_s, n, s = c["ln_final.hook_normalized_grad"], c["ln_final.hook_scale_grad"], c[names[0]], c[names[1]]
+    torch.testing.assert_close(g_n, grabbed["out"].grad * m.hf.model.norm.weight, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(g_s, -(g_n * n).sum(-1, keepdim=True) / s, atol=1e-6, rtol=1e-4)
+    assert g_s.abs().max() > 0
 
 # --- gradients ----------------------------------------------------------------------------------------------
 
@@ -129,7 +174,7 @@ def test_bwd_hook_scales_gradient(tiny):
     g0 = grads([])
     g1 = grads([("blocks.0.hook_resid_pre", lambda g, h: 0 * g)])
     m.hf.zero_grad()
-    assert g0.abs().sum() > 0 and g1.abs().sum() == 0
+    assert g0.abs().sum() > 0 and g1.abs().sum() == 0   # exact: everything below the hook is multiplied by zero
 
 # --- generation ---------------------------------------------------------------------------------------------
 
@@ -160,18 +205,33 @@ def test_weight_views_reproduce_sites(tiny, fam):
     assert m.W_O.shape == (L, m.cfg.n_heads, m.cfg.d_head, m.cfg.d_model)
     assert m.W_U.shape == (m.cfg.d_model, m.cfg.d_vocab) and m.W_E.shape == (m.cfg.d_vocab, m.cfg.d_model)
     for l in range(L):
-        x = c[f"blocks.{l}.ln1.hook_normalized"]
+        x = norm_output(m, c, f"blocks.{l}.ln1")      # what q, k, v read: the norm's output
         torch.testing.assert_close(torch.einsum("bpm,hmd->bphd", x, W_Q[l]) + b_Q[l], c[f"blocks.{l}.attn.hook_q"], atol=ATOL, rtol=0)
         torch.testing.assert_close(torch.einsum("bpm,hmd->bphd", x, W_V[l]) + b_V[l], c[f"blocks.{l}.attn.hook_v"], atol=ATOL, rtol=0)
-        x2 = c[f"blocks.{l}.ln2.hook_normalized"] if f"blocks.{l}.ln2.hook_normalized" in c else x
+        x2 = norm_output(m, c, f"blocks.{l}.ln2") if f"blocks.{l}.ln2.hook_normalized" in c else x
         W = m.W_gate if m.cfg.gated_mlp else m.W_in
         b = 0 if m.cfg.gated_mlp else m.b_in[l]
         torch.testing.assert_close(x2 @ W[l] + b, c[f"blocks.{l}.mlp.hook_pre"], atol=ATOL, rtol=0)
         torch.testing.assert_close(c[f"blocks.{l}.mlp.hook_post"] @ m.W_out[l] + m.b_out[l], c[f"blocks.{l}.hook_mlp_out"], atol=ATOL, rtol=0)
-    torch.testing.assert_close(c["ln_final.hook_normalized"] @ m.W_U + m.b_U, c["hook_logits"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(norm_output(m, c, "ln_final") @ m.W_U + m.b_U, c["hook_logits"], atol=ATOL, rtol=0)
     if m.cfg.positional_embedding == "learned":
         assert m.W_pos.shape[1] == m.cfg.d_model
-        torch.testing.assert_close(c["hook_pos_embed"][0], m.W_pos[:ids.shape[1]], atol=0, rtol=0)
+        torch.testing.assert_close(c["hook_pos_embed"][0], m.W_pos[:ids.shape[1]], atol=0, rtol=0)   # exact: rows of W_pos
+
+def test_bias_views_of_bias_free_projections_are_zeros(tiny):
+    "Llama's projections have no biases: b_Q ... b_U are zeros of TransformerLens' shapes (TL's bridge raises instead)."
+    m = tiny["llama"]; L, h, kv, d = m.cfg.n_layers, m.cfg.n_heads, m.cfg.n_kv_heads, m.cfg.d_head
+    attn = m.hf.model.layers[0].self_attn
+    assert attn.q_proj.bias is None and attn.o_proj.bias is None and m.hf.model.layers[0].mlp.down_proj.bias is None
+    shapes = {"b_Q": (L, h, d), "b_K": (L, kv, d), "b_V": (L, kv, d), "b_O": (L, m.cfg.d_model),
+              "b_in": (L, m.cfg.d_mlp), "b_out": (L, m.cfg.d_model), "b_U": (m.cfg.d_vocab,)}
+    for name, shape in shapes.items():
+        b = getattr(m, name)
+        assert b.shape == shape and not b.any(), name
+    # and a formula written with the bias is exact on this model: q = x W_Q + b_Q
+    _, c = m.run_with_cache(tokens(), ["blocks.0.ln1.hook_normalized", "blocks.0.attn.hook_q"])
+    q = torch.einsum("bpm,hmd->bphd", norm_output(m, c, "blocks.0.ln1"), m.W_Q[0]) + m.b_Q[0]
+    torch.testing.assert_close(q, c["blocks.0.attn.hook_q"], atol=ATOL, rtol=0)
 
 # --- errors -------------------------------------------------------------------------------------------------
 
@@ -220,7 +280,7 @@ def test_add_and_reset_hooks(tiny):
     m.add_hook("blocks.0.hook_resid_post", lambda a, h: a * 0)
     assert (m(ids) - ref).abs().max() > 1e-3
     m.reset_hooks()
-    assert hook_dicts(m.hf) == before and torch.equal(m(ids), ref)
+    assert hook_dicts(m.hf) == before and torch.equal(m(ids), ref)   # exact: no hooks, the same forward
 
 def test_run_with_cache_pauses_the_collector(tiny):
     import gc
@@ -239,7 +299,7 @@ def test_stop_at_layer(tiny):
         with torch.no_grad(): r = m(ids, stop_at_layer=1)
     assert ran == [0]
     _, c = m.run_with_cache(ids, ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"])
-    assert torch.equal(r, c["blocks.1.hook_resid_pre"])
+    assert torch.equal(r, c["blocks.1.hook_resid_pre"])   # exact (also below): the same kernels up to that block
     with torch.no_grad(): assert torch.equal(m(ids, stop_at_layer=m.cfg.n_layers), c["blocks.1.hook_resid_post"])
     with pytest.raises(ValueError, match="stop_at_layer"): m(ids, stop_at_layer=5)
 
@@ -248,8 +308,13 @@ def test_cached_result_equals_hooked_result(tiny):
     seen = {}
     m.run_with_hooks(ids, fwd_hooks=[("blocks.1.attn.hook_result", lambda a, h: seen.setdefault("r", a.detach().clone()))])
     _, c = m.run_with_cache(ids, "blocks.1.attn.hook_result", pos_slice=slice(2, 5))
-    assert "blocks.1.attn.hook_z" not in c                      # z was kept only to compute the result
+    assert "blocks.1.attn.hook_z" not in c
+    # exact: under pos_slice the result is computed for the whole sequence, by the same hook, then sliced
     torch.testing.assert_close(c["blocks.1.attn.hook_result"], seen["r"][:, 2:5], atol=0, rtol=0)
+    _, c = m.run_with_cache(ids, "blocks.1.attn.hook_result")
+    assert c.cache_dict.is_lazy("blocks.1.attn.hook_result")      # without pos_slice: from z, kept out of sight
+    assert "blocks.1.attn.hook_z" not in c
+    torch.testing.assert_close(c["blocks.1.attn.hook_result"], seen["r"], atol=0, rtol=0)   # exact: the hook's function on the same z
 
 
 def test_load_model_quiet_hides_hf_progress_bars(tmp_path, monkeypatch):
