@@ -578,7 +578,9 @@ def generate(self: HookedModel, prompt, max_new_tokens: int = 20, fwd_hooks=(), 
     """Generate continuations with hooks active; returns text (or token ids with return_type='tokens').
     Logits that turn nan/inf raise a ValueError naming the hook whose output went non-finite first."""
     if return_type not in ("str", "tokens"): raise ValueError("return_type must be 'str' or 'tokens'")
-    ids, mask = _encode(self, prompt, prepend_bos, padding_side="left")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+    ids, mask = _prepare(self, prompt, None, prepend_bos, "left", new_tokens=max_new_tokens)   # checked, like forward's
     pad = self.tokenizer.pad_token_id if self.tokenizer is not None else None
     watch = _LogitsWatch(self.hf, fwd_hooks, max_new_tokens)
     with self.hooks(watch.fwd_hooks), watch, torch.no_grad():

@@ -82,3 +82,13 @@ def test_pos_slice_outside_the_sequence(tiny):
     for ok, want in ((6, r[:, 6:7]), (-7, r[:, 0:1]), (slice(5, 100), r[:, 5:]), ([-1, 0], r[:, [6, 0]])):
         _, c = m.run_with_cache(ids, "blocks.0.hook_resid_post", pos_slice=ok)
         assert torch.equal(c["blocks.0.hook_resid_post"], want), ok
+
+def test_generate_checks_its_prompt_and_length():
+    "generate goes through the same input checks as a forward, counting the new tokens against the context."
+    m = HookedModel(tiny_hf("gpt2"))           # n_ctx 64
+    before = hook_dicts(m.hf)
+    with pytest.raises(ValueError, match="n_ctx"): m.generate(tokens(1, 60)[0], max_new_tokens=10)
+    with pytest.raises(ValueError, match="vocabulary"): m.generate(torch.tensor([1, 2, 10**6]), max_new_tokens=2)
+    with pytest.raises(ValueError, match="max_new_tokens"): m.generate(tokens(1, 4)[0], max_new_tokens=0)
+    assert m.generate(tokens(1, 54)[0], max_new_tokens=10, return_type="tokens").shape == (1, 64)
+    assert hook_dicts(m.hf) == before
