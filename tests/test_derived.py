@@ -196,7 +196,7 @@ def test_partial_caches_and_modes_hook_what_they_cannot_derive(llama):
     _, c = m.run_with_cache(ids, incl_bwd=True, return_type="loss")
     assert not any(c.cache_dict.is_lazy(n) for n in c.keys() if not n.endswith("hook_result"))
     assert "blocks.1.hook_resid_mid_grad" in c     # (a forward with autograd on may round differently: close, not equal)
-    torch.testing.assert_close(c["blocks.1.hook_resid_mid"], ref["blocks.1.hook_resid_mid"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(c["blocks.1.hook_resid_mid"], ref["blocks.1.hook_resid_mid"], atol=1e-5, rtol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):   # values computed under autocast are not recomputed outside it
         _, c = m.run_with_cache(ids)
     assert not any(c.cache_dict.is_lazy(n) for n in c.keys() if not n.endswith("hook_result"))
