@@ -81,9 +81,10 @@ def generate_feature_heatmap(logits: torch.Tensor, save_name=None, tokens=None, 
     sub = t[:, cols]
     df = pd.DataFrame({"row": [rows[i] for i in range(t.shape[0]) for _ in cols], "column": cols.tolist() * t.shape[0],
                        "value": sub.reshape(-1).tolist()})
+    from deeplens.style import DIVERGING
     chart = alt.Chart(df).mark_rect().encode(
         x=alt.X("column:O", title="feature"), y=alt.Y("row:N", sort=rows, title="token"),
-        color=alt.Color("value:Q", scale=alt.Scale(scheme="redblue", domainMid=0, reverse=True)),
+        color=alt.Color("value:Q", scale=alt.Scale(range=list(DIVERGING), domainMid=0)),
         tooltip=["row", "column", alt.Tooltip("value:Q", format=".3f")],
     ).properties(title=title or "Feature activations")
     from deeplens.charts import Chart

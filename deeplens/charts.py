@@ -16,7 +16,7 @@ from .heads import CHGResult
 from .store import ActivationStore
 from .dataset import ActivationsDatasetBuilder
 from . import display as _display
-from .display import visible_whitespace
+from .style import visible_whitespace, DIVERGING
 
 # %% auto #0
 __all__ = ['to_svg', 'mimebundle', 'Chart', 'show', 'enable_offline', 'save_chart', 'feature_histogram', 'density_histogram',
@@ -356,7 +356,7 @@ def patching_heatmap(result, width: int | None = None, height: int | None = None
     xt = "position" if "pos" in result.dims else "head" if "head" in result.dims else ""
     c = alt.Chart(alt.Data(values=rows)).mark_rect().encode(
         x=alt.X("x:O", sort=xs, title=xt), y=alt.Y("y:O", sort=ys, title="layer" + (".head" if "head" in result.dims and "pos" in result.dims else "")),
-        color=alt.Color("value:Q", scale=alt.Scale(scheme="redblue", domain=[-lim, lim], reverse=True), title=result.metric),
+        color=alt.Color("value:Q", scale=alt.Scale(range=list(DIVERGING), domain=[-lim, lim]), title=result.metric),
         tooltip=tips,
     ).properties(title=f"{result.method}: {result.site} ({result.direction})",
                  width=width or max(120, min(24 * len(xs), 720)), height=height or max(100, min(14 * len(ys), 900)))

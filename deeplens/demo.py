@@ -18,7 +18,7 @@ from .evals import evaluate_sae
 from .features import feature_stats, feature_coherence, feature_logits, context_tokens, token_class
 from .intervene import steer_features
 from .charts import to_svg, training_curves, density_histogram
-from .display import visible_whitespace
+from .style import visible_whitespace
 
 # %% auto #0
 __all__ = ['Markup', 'html_table', 'example_html', 'write_report', 'steering_chart', 'rank_features', 'pick_features',

@@ -308,7 +308,7 @@ def _chart(c):
 
 def _label(r: dict) -> str:
     "A position's legend label: its token drawn with visible whitespace (the display layer's one mapping), cut to 12."
-    from deeplens.display import visible_whitespace
+    from deeplens.style import visible_whitespace
     s = visible_whitespace(r["token"])
     return f"{r['position']}: {s if len(s) <= 12 else s[:11] + '…'}"
 
