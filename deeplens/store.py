@@ -251,6 +251,11 @@ class _Capture:
     def allocate(self, capacity: int):
         self.bufs = {n: torch.empty(capacity, int(np.prod(self.shapes[n])), dtype=self.dtype) for n in self.names}
 
+    def take(self) -> tuple[dict, int]:
+        "The rows filled since the last `take` (`{hook: [rows, width]}` views of the buffers, filled again next) and their count."
+        rows, self.fill = self.fill, 0
+        return {n: b[:rows] for n, b in self.bufs.items()}, rows
+
     def hook(self, name: str):
         pd = self.pos_dim[name]
         def fn(act, hook):
@@ -544,7 +549,7 @@ def _build_lock(out: Path, world: int):
             try: d.rmdir()
             except OSError: break
 
-# %% ../nbs/11_store.ipynb #7cdfeb5b
+# %% ../nbs/11_store.ipynb #a7da74ff
 def _check_corpus(contexts: Iterator[_Ctx], done: list[dict], docs: Corpus) -> None:
     "Consume the contexts of the complete shards `done`, checking that the corpus still gives exactly them."
     for k, s in enumerate(done):
@@ -555,6 +560,175 @@ def _check_corpus(contexts: Iterator[_Ctx], done: list[dict], docs: Corpus) -> N
                          f"shard {k}: {what}). Resume with the original corpus, or pass overwrite=True (CLI: --overwrite) "
                          "to rebuild the store from this one.")
 
+# %% ../nbs/11_store.ipynb #097f57b6
+@dataclass
+class _Request:
+    "A checked build request: the model and its hooks, the corpus, the rows asked for, and where this rank writes."
+    m: HookedModel
+    names: list[str]
+    docs: Corpus
+    out: Path
+    n_tokens: int
+    context_size: int
+    batch_size: int
+    dtype: str
+    prepend_bos: bool
+    exclude_special_tokens: bool
+    shard_rows: int
+    rank: int
+    world: int
+
+    def identity(self) -> dict:
+        "What `meta.json` records about the build before the probe adds the row shapes (the fields of `_IDENTITY` among them)."
+        m, tok = self.m, self.m.tokenizer
+        return dict(
+            format="deeplens.ActivationStore", format_version=2, deeplens_version=_version(),
+            model=getattr(m.hf.config, "_name_or_path", "") or m.cfg.architecture, model_fingerprint=model_fingerprint(m),
+            architecture=m.cfg.architecture, hooks=self.names, dtype=self.dtype, context_size=self.context_size,
+            prepend_bos=self.prepend_bos, exclude_special_tokens=self.exclude_special_tokens,
+            n_tokens_requested=self.n_tokens, corpus=self.docs.description, world_size=self.world,
+            tokenizer=dict(name_or_path=str(getattr(tok, "name_or_path", "")), vocab_size=len(tok),
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+
+    def contexts(self, box: dict | None = None) -> Iterator[_Ctx]:
+        "The corpus as numbered contexts with their rows (see `plan`): the same on every rank and in every run."
+        tok = self.m.tokenizer
+        return plan(pack(self.docs, tok, self.context_size, self.prepend_bos), self.n_tokens, _special_ids(tok),
+                    self.exclude_special_tokens, box)
+
+    def my_contexts(self, stream: Iterator[_Ctx], box: dict) -> Iterator[_Ctx]:
+        "This rank's contexts of `stream` (`index % world == rank`); a corpus without one full context is an error."
+        mine = (c for c in stream if c.index % self.world == self.rank)
+        first = next(mine, None)
+        if first is None and box["contexts"] == 0:
+            raise ValueError(f"the corpus {self.docs.description['source']!r} gave no full context of {self.context_size} "
+                             "tokens (it is empty or too short); use more text or a smaller context_size.")
+        return itertools.chain([first] if first is not None else [], mine)
+
+    def contexts_per_shard(self, widths: dict, old: dict | None) -> int:
+        "Whole contexts per shard: about `shard_rows` rows and at most 512 MiB of buffer; a resumed store keeps its own."
+        row_bytes = sum(widths.values()) * _TORCH_DT[self.dtype].itemsize
+        return (old or {}).get("contexts_per_shard") or max(1, min(self.shard_rows, (512 << 20) // row_bytes) // self.context_size)
+
+    def progress_bar(self, done: list[dict], show: bool) -> tqdm:
+        "Tokens extracted (rank 0 only), counting the rows of the complete shards kept."
+        n = len(self.names)
+        return tqdm(total=self.n_tokens if self.world == 1 else None, initial=sum(s["rows"] for s in done), unit="tok",
+                    unit_scale=True, disable=not show or self.rank != 0,
+                    desc=f"extract {n} hook{'s' * (n > 1)} → {self.out.name}")
+
+# %% ../nbs/11_store.ipynb #674d44e3
+def _forward_kwargs(m: HookedModel, names: list[str], stop: int | None) -> dict:
+    "Keyword arguments for a cheap forward: no KV cache, and logits for one position only unless `hook_logits` is stored."
+    kw = {"use_cache": False} if "use_cache" in m._fwd_params else {}
+    if stop is None and "hook_logits" not in names and "logits_to_keep" in m._fwd_params: kw["logits_to_keep"] = 1
+    return kw
+
+class _Runner:
+    "The forwards of a build: a probe that learns every hook's row shape, then one forward per batch, its rows captured."
+    def __init__(self, m: HookedModel, names: list[str], dtype: torch.dtype):
+        self.m, self.names, self.cap = m, names, _Capture(m, names, dtype)
+        self.stop = _stop_layer(m, names)
+        self.kw = _forward_kwargs(m, names, self.stop)
+
+    def hooks(self):
+        "The context that attaches the capture's hook functions."
+        return self.m.hooks([(h, self.cap.hook(h)) for h in self.names])
+
+    def _forward(self, ids: torch.Tensor) -> None:
+        self.m(ids, return_type=None, stop_at_layer=self.stop, **self.kw)
+
+    def probe(self, context_size: int) -> dict:
+        "Run one context of BOS tokens → `{hook: row shape}` (the dims after batch and position)."
+        self.cap.probe = True
+        with torch.no_grad(), self.hooks(): self._forward(torch.full((1, context_size), self.m.tokenizer.bos_token_id or 0))
+        self.cap.probe = False
+        return {h: self.cap.shapes[h] for h in self.names}
+
+    def forward(self, batch: list[_Ctx]) -> int:
+        "Run a batch of contexts (inside `hooks()`), appending their rows to the capture's buffers → how many rows."
+        cap, keep = self.cap, np.stack([c.keep for c in batch])
+        cap.keep, cap.all_keep = torch.from_numpy(keep).to(self.m.device), bool(keep.all())
+        cap.row_of = _row_locator(batch, keep)
+        cap.fired.clear()
+        self._forward(torch.from_numpy(np.stack([c.ids for c in batch])))
+        if cap.fired != set(self.names):
+            raise RuntimeError(f"hooks {sorted(set(self.names) - cap.fired)} did not fire during the forward")
+        rows = int(keep.sum())
+        cap.fill += rows
+        return rows
+
+# %% ../nbs/11_store.ipynb #5e27e203
+def _token_tensors(ctxs: list[_Ctx]) -> dict:
+    "A shard's tokens file: the token grid, (document, position) per token, the row mask, and where each row sits."
+    keep = np.stack([c.keep for c in ctxs])
+    return {"tokens": torch.from_numpy(np.stack([c.ids for c in ctxs]).astype(np.int32)),
+            "doc": torch.from_numpy(np.stack([c.doc for c in ctxs])),
+            "doc_pos": torch.from_numpy(np.stack([c.pos for c in ctxs])),
+            "keep": torch.from_numpy(keep),
+            "context": torch.tensor([c.index for c in ctxs], dtype=torch.int64),
+            "context_rows": torch.from_numpy(keep.sum(1).astype(np.int32)),
+            "row_pos": torch.from_numpy(np.nonzero(keep)[1].astype(np.int32))}
+
+class _ShardWriter:
+    """Writes one rank's shards and records them: in `progress.json` (torchrun) and, on rank 0, in `meta.json`. The
+    first write of a run clears an overwritten store and saves the tokenizer."""
+    def __init__(self, req: _Request, ident: dict, done: list[dict], clear: bool, box: dict):
+        self.req, self.ident, self.clear, self.box = req, ident, clear, box
+        self.out, self.dir = req.out, _rank_dir(req.out, req.rank, req.world)
+        self.shards, self.started = list(done), False
+
+    def start(self):
+        "First write of this run: clear an overwritten store, create the directory, save the tokenizer."
+        out, rank = self.out, self.req.rank
+        if self.clear: _clear(out, rank, self.req.world)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for p in self.dir.glob("*.tmp"): shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if rank == 0 and not (out / "tokenizer").exists():
+            tmp = out / "tokenizer.tmp"
+            shutil.rmtree(tmp, ignore_errors=True); self.req.m.tokenizer.save_pretrained(str(tmp))
+            for f in tmp.iterdir(): _fsync(f)
+            os.replace(tmp, out / "tokenizer")
+        for d in {out.parent, out, self.dir}: _fsync(d)
+        self.started = True
+
+    def write_shard(self, ctxs: list[_Ctx], acts: dict, rows: int):
+        "Write the next shard (the activations of every hook, then the tokens file) and record it."
+        if not self.started: self.start()
+        k = len(self.shards)
+        files = {_acts_name(h, k): _save(self.dir / _acts_name(h, k), {"acts": a}) for h, a in acts.items()}
+        files[_tokens_name(k)] = _save(self.dir / _tokens_name(k), _token_tensors(ctxs))
+        self.shards.append({"contexts": len(ctxs), "rows": rows, "contexts_digest": _contexts_digest(ctxs), "files": files})
+        self.write_progress(False)
+
+    def write_meta(self, complete: bool):
+        meta = dict(self.ident, complete=complete)
+        if complete: meta.update(n_tokens=self.box["rows"], n_contexts=self.box["contexts"], corpus_exhausted=self.box["exhausted"])
+        if self.req.world == 1: meta["shards"] = self.shards
+        _write_json(self.out / "meta.json", meta)
+
+    def write_progress(self, complete: bool):
+        "Record this rank's shards (a single process: in `meta.json`)."
+        if self.req.world == 1: return self.write_meta(complete)
+        _write_json(self.dir / "progress.json", dict(self.ident, rank=self.req.rank, shards=self.shards, complete=complete))
+        if self.req.rank == 0 and (complete or not (self.out / "meta.json").exists()): self.write_meta(complete)
+
+    def finish(self):
+        "Mark this rank's part complete (a run that wrote no shard still saves the tokenizer and the index)."
+        if not self.started: self.start()
+        self.write_progress(True)
+
+# %% ../nbs/11_store.ipynb #2d87dbe8
+def _extract(run: _Runner, contexts: Iterator[_Ctx], writer: _ShardWriter, batch_size: int, per_shard: int, bar) -> None:
+    "Forward `contexts` in batches of up to `batch_size`, writing a shard every `per_shard` contexts and the rest at the end."
+    pending: list[_Ctx] = []
+    with torch.no_grad(), run.hooks():
+        while batch := list(itertools.islice(contexts, min(batch_size, per_shard - len(pending)))):
+            bar.update(run.forward(batch)); pending += batch
+            if len(pending) == per_shard: writer.write_shard(pending, *run.cap.take()); pending = []
+        if pending: writer.write_shard(pending, *run.cap.take())
+
+# %% ../nbs/11_store.ipynb #61a51bc6
 def _build(cls, model, corpus, hooks, n_tokens, out_dir, *, context_size=128, batch_size=32, dtype="float32",
            prepend_bos=True, exclude_special_tokens=True, resume=False, overwrite=False, progress=True,
            shard_rows: int = 65536, rank: int | None = None, world_size: int | None = None):
@@ -564,117 +738,34 @@ def _build(cls, model, corpus, hooks, n_tokens, out_dir, *, context_size=128, ba
     m = _resolve_model(model)
     names = _check_args(m, hooks, n_tokens, context_size, batch_size, dtype, prepend_bos, resume, overwrite, shard_rows)
     rank, world = _dist_env(rank, world_size)
-    docs = as_corpus(corpus)
-    out, tok, S, tdt = Path(out_dir), m.tokenizer, context_size, _TORCH_DT[dtype]
-    ident = dict(
-        format="deeplens.ActivationStore", format_version=2, deeplens_version=_version(),
-        model=getattr(m.hf.config, "_name_or_path", "") or m.cfg.architecture, model_fingerprint=model_fingerprint(m),
-        architecture=m.cfg.architecture, hooks=names, dtype=dtype, context_size=S, prepend_bos=prepend_bos,
-        exclude_special_tokens=exclude_special_tokens, n_tokens_requested=n_tokens, corpus=docs.description,
-        world_size=world, tokenizer=dict(name_or_path=str(getattr(tok, "name_or_path", "")), vocab_size=len(tok),
-                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    with _build_lock(out, world):
-        done, clear = _existing(out, ident, rank, world, resume, overwrite)
-        old = _read_json(out / "meta.json") if done else None
+    req = _Request(m, names, as_corpus(corpus), Path(out_dir), n_tokens, context_size, batch_size, dtype, prepend_bos,
+                   exclude_special_tokens, shard_rows, rank, world)
+    ident = req.identity()
+    with _build_lock(req.out, world):
+        done, clear = _existing(req.out, ident, rank, world, resume, overwrite)
+        old = _read_json(req.out / "meta.json") if done else None
         if world == 1 and old and old.get("complete") and len(done) == len(old["shards"]):     # complete and intact: reuse
-            _check_corpus(plan(pack(docs, tok, S, prepend_bos), n_tokens, _special_ids(tok), exclude_special_tokens), done[:1], docs)
-            return cls(out)
-
-        # the probe: row shape of every hook, hence the shard size
-        st = _Capture(m, names, tdt)
-        stop = _stop_layer(m, names)
-        kw = {"use_cache": False} if "use_cache" in m._fwd_params else {}
-        if stop is None and "hook_logits" not in names and "logits_to_keep" in m._fwd_params: kw["logits_to_keep"] = 1
-        st.probe = True
-        with torch.no_grad(), m.hooks([(h, st.hook(h)) for h in names]):
-            m(torch.full((1, S), tok.bos_token_id or 0), return_type=None, stop_at_layer=stop, **kw)
-        st.probe = False
-        widths = {h: int(np.prod(st.shapes[h])) for h in names}
-        row_bytes = sum(widths.values()) * tdt.itemsize
-        cps = (old or {}).get("contexts_per_shard") or max(1, min(shard_rows, (512 << 20) // row_bytes) // S)
-        ident.update(widths=widths, shapes={h: st.shapes[h] for h in names}, contexts_per_shard=cps)
-
-        # corpus → contexts → rows: the same on every rank and in every run
+            _check_corpus(req.contexts(), done[:1], req.docs)
+            return cls(req.out)
+        run = _Runner(m, names, _TORCH_DT[dtype])
+        shapes = run.probe(context_size)                                  # the row shapes fix the shard buffers
+        widths = {h: int(np.prod(s)) for h, s in shapes.items()}
+        cps = req.contexts_per_shard(widths, old)
+        ident.update(widths=widths, shapes=shapes, contexts_per_shard=cps)
         box = {}
-        stream = _prefetch(plan(pack(docs, tok, S, prepend_bos), n_tokens, _special_ids(tok), exclude_special_tokens, box),
-                           size=max(64, 4 * batch_size))
-        mine = (c for c in stream if c.index % world == rank)
-        first = next(mine, None)
-        if first is None and box["contexts"] == 0:
-            raise ValueError(f"the corpus {docs.description['source']!r} gave no full context of {S} tokens "
-                             "(it is empty or too short); use more text or a smaller context_size.")
-        mine = itertools.chain([first] if first is not None else [], mine)
-        _check_corpus(mine, done, docs)                                  # consumes the contexts of the complete shards
-
-        shards, state = list(done), {"started": False}
-        st.allocate(cps * S)
-        bar = tqdm(total=n_tokens if world == 1 else None, initial=sum(s["rows"] for s in done), unit="tok", unit_scale=True,
-                   disable=not progress or rank != 0, desc=f"extract {len(names)} hook{'s' * (len(names) > 1)} → {out.name}")
-
-        def write_meta(complete: bool):
-            meta = dict(ident, complete=complete)
-            if complete: meta.update(n_tokens=box["rows"], n_contexts=box["contexts"], corpus_exhausted=box["exhausted"])
-            if world == 1: meta["shards"] = shards
-            _write_json(out / "meta.json", meta)
-
-        def write_progress(complete: bool):
-            if world == 1: return write_meta(complete)
-            _write_json(rdir / "progress.json", dict(ident, rank=rank, shards=shards, complete=complete))
-            if rank == 0 and (complete or not (out / "meta.json").exists()): write_meta(complete)
-
-        def start():
-            "First write of this run: clear an overwritten store, create the directory, save the tokenizer."
-            if clear: _clear(out, rank, world)
-            rdir.mkdir(parents=True, exist_ok=True)
-            for p in rdir.glob("*.tmp"): shutil.rmtree(p) if p.is_dir() else p.unlink()
-            if rank == 0 and not (out / "tokenizer").exists():
-                tmp = out / "tokenizer.tmp"
-                shutil.rmtree(tmp, ignore_errors=True); tok.save_pretrained(str(tmp))
-                for f in tmp.iterdir(): _fsync(f)
-                os.replace(tmp, out / "tokenizer")
-            for d in {out.parent, out, rdir}: _fsync(d)
-            state["started"] = True
-
-        def flush(ctxs: list[_Ctx]):
-            if not state["started"]: start()
-            k, n = len(shards), st.fill
-            files = {_acts_name(h, k): _save(rdir / _acts_name(h, k), {"acts": st.bufs[h][:n]}) for h in names}
-            keep = np.stack([c.keep for c in ctxs])
-            files[_tokens_name(k)] = _save(rdir / _tokens_name(k), {
-                "tokens": torch.from_numpy(np.stack([c.ids for c in ctxs]).astype(np.int32)),
-                "doc": torch.from_numpy(np.stack([c.doc for c in ctxs])),
-                "doc_pos": torch.from_numpy(np.stack([c.pos for c in ctxs])),
-                "keep": torch.from_numpy(keep),
-                "context": torch.tensor([c.index for c in ctxs], dtype=torch.int64),
-                "context_rows": torch.from_numpy(keep.sum(1).astype(np.int32)),
-                "row_pos": torch.from_numpy(np.nonzero(keep)[1].astype(np.int32))})
-            shards.append({"contexts": len(ctxs), "rows": n, "contexts_digest": _contexts_digest(ctxs), "files": files})
-            write_progress(False)
-            st.fill = 0
-
-        rdir = _rank_dir(out, rank, world)
-        pending: list[_Ctx] = []
-        try:
-            with torch.no_grad(), m.hooks([(h, st.hook(h)) for h in names]):
-                while batch := list(itertools.islice(mine, min(batch_size, cps - len(pending)))):
-                    keep = np.stack([c.keep for c in batch])
-                    st.keep, st.all_keep = torch.from_numpy(keep).to(m.device), bool(keep.all())
-                    st.row_of = _row_locator(batch, keep)
-                    st.fired.clear()
-                    m(torch.from_numpy(np.stack([c.ids for c in batch])), return_type=None, stop_at_layer=stop, **kw)
-                    if st.fired != set(names):
-                        raise RuntimeError(f"hooks {sorted(set(names) - st.fired)} did not fire during the forward")
-                    st.fill += int(keep.sum()); pending += batch
-                    bar.update(int(keep.sum()))
-                    if len(pending) == cps: flush(pending); pending = []
-                if pending: flush(pending)
+        stream = _prefetch(req.contexts(box), size=max(64, 4 * batch_size))
+        mine = req.my_contexts(stream, box)
+        _check_corpus(mine, done, req.docs)                               # consumes the contexts of the complete shards
+        writer = _ShardWriter(req, ident, done, clear, box)
+        run.cap.allocate(cps * context_size)
+        bar = req.progress_bar(done, progress)
+        try: _extract(run, mine, writer, batch_size, cps, bar)
         finally: bar.close()
-        for _ in stream: pass                                   # finish the plan: the totals for meta.json
-        if not state["started"]: start()
-        write_progress(True)
+        for _ in stream: pass                                             # finish the plan: the totals for meta.json
+        writer.finish()
         if box["exhausted"] and rank == 0:
             warnings.warn(f"the corpus ran out after {box['rows']:,} rows; asked for {n_tokens:,}", stacklevel=2)
-        return _open_when_done(cls, out, world)
+        return _open_when_done(cls, req.out, world)
 
 def _open_when_done(cls, out: Path, world: int):
     if world > 1:
