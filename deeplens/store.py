@@ -23,7 +23,7 @@ from .model import HookedModel, load_model
 # %% auto #0
 __all__ = ['pack', 'plan', 'CorruptShard', 'model_fingerprint', 'NonFiniteActivations', 'ActivationStore', 'StoreLocked']
 
-# %% ../nbs/11_store.ipynb #1687b7fb
+# %% ../nbs/11_store.ipynb #d0e0ac7c
 @dataclass
 class _Ctx:
     "One packed context: global index, token ids, (document, position) per token, which tokens are rows."
@@ -45,6 +45,7 @@ def _tokenize(docs: Iterable[str], tok, max_docs: int = 64, max_chars: int = 1 <
         if len(buf) == max_docs or size >= max_chars: yield from flush(); size = 0
     if buf: yield from flush()
 
+# %% ../nbs/11_store.ipynb #7179e036
 def pack(docs: Iterable[str], tok, context_size: int, prepend_bos: bool = True) -> Iterator[tuple]:
     "Pack documents into `(ids, doc, pos)` arrays of `context_size` tokens; a trailing partial context is dropped."
     n = context_size - 1 if prepend_bos else context_size
@@ -102,7 +103,7 @@ def _prefetch(it: Iterable, size: int = 512) -> Iterator:
             yield x
     finally: stop.set()
 
-# %% ../nbs/11_store.ipynb #2ac9fe0e
+# %% ../nbs/11_store.ipynb #ccf75e43
 def _fsync(path: Path) -> None:
     "Flush a file, or a directory's entries (POSIX; Windows cannot open a directory), to the disk."
     if path.is_dir() and os.name != "posix": return
@@ -134,6 +135,7 @@ def _read_json(p: Path):
         raise ValueError(f"{p} is damaged ({e}): the store's index is lost. Rebuild the store with overwrite=True "
                          "(CLI: --overwrite).") from None
 
+# %% ../nbs/11_store.ipynb #eca2f78e
 def _crc32(path: Path, chunk: int = 1 << 22) -> str:
     "The CRC-32 of a file's bytes, as 8 hex digits."
     crc, buf = 0, bytearray(chunk)
@@ -146,6 +148,7 @@ def _save(path: Path, tensors: dict) -> dict:
     _atomic(path, lambda t: save_file({k: v.contiguous() for k, v in tensors.items()}, str(t)))
     return {"bytes": path.stat().st_size, "crc32": _crc32(path)}
 
+# %% ../nbs/11_store.ipynb #f06826da
 class CorruptShard(ValueError):
     "A store file differs from the size/CRC-32 recorded when it was written (changed bytes, truncated, missing)."
 
@@ -171,12 +174,14 @@ def _check_file(store: Path, path: Path, rec: dict | None) -> None:
     "Raise `CorruptShard` if `path` differs from its record (a file without a record predates checksums)."
     if rec is not None and (why := _damage(path, rec)): raise _corrupt(store, [f"{path.name} ({why})"])
 
+# %% ../nbs/11_store.ipynb #a4cdb506
 def _rank_dir(root: Path, rank: int, world: int) -> Path:
     return root if world == 1 else root / f"rank-{rank:05d}"
 
 def _acts_name(hook: str, k: int) -> str: return f"acts-{hook}-{k:05d}.safetensors"
 def _tokens_name(k: int) -> str: return f"tokens-{k:05d}.safetensors"
 
+# %% ../nbs/11_store.ipynb #0214e20c
 _NP = {"F32": np.float32, "F16": np.float16, "BF16": np.int16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
        "U8": np.uint8, "BOOL": np.bool_}
 _TORCH_DT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -195,7 +200,7 @@ def _to_torch(a: np.ndarray, st_dtype: str) -> torch.Tensor:
     t = torch.from_numpy(np.array(a))          # copy out of the map
     return t.view(torch.bfloat16) if st_dtype == "BF16" else t
 
-# %% ../nbs/11_store.ipynb #f173d6c3
+# %% ../nbs/11_store.ipynb #34ab1b91
 _IDENTITY = ("model_fingerprint", "hooks", "dtype", "context_size", "prepend_bos", "exclude_special_tokens",
              "n_tokens_requested", "corpus", "world_size")
 _MEANING = {"model_fingerprint": "the model's architecture or weights", "corpus": "the corpus"}
@@ -208,6 +213,7 @@ def model_fingerprint(m: HookedModel) -> str:
         h.update(f"{n}{tuple(p.shape)}{p.dtype}{zlib.crc32(data):08x}".encode())
     return h.hexdigest()[:20]
 
+# %% ../nbs/11_store.ipynb #cd416468
 def _contexts_digest(ctxs: list[_Ctx]) -> str:
     "A digest of what contexts hold: token ids, each token's document and position, and which tokens are rows."
     h = hashlib.blake2b(digest_size=16)
@@ -215,6 +221,7 @@ def _contexts_digest(ctxs: list[_Ctx]) -> str:
         for a in (c.ids, c.doc, c.pos, c.keep): h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
+# %% ../nbs/11_store.ipynb #f924f5ba
 def _version():
     try:
         from deeplens import __version__; return __version__
@@ -227,7 +234,7 @@ def _mismatch(old: dict, new: dict) -> list[str]:
 def _special_ids(tok) -> list[int]:
     return [i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None]
 
-# %% ../nbs/11_store.ipynb #f2344ce9
+# %% ../nbs/11_store.ipynb #5ce88624
 class NonFiniteActivations(ValueError):
     "The model produced NaN/inf activations; the message names the hook and the global row index."
 
@@ -240,6 +247,7 @@ def _stop_layer(m: HookedModel, names: list[str]) -> int | None:
         stop = max(stop, 0 if l is None else l + 1)
     return stop
 
+# %% ../nbs/11_store.ipynb #65e7600a
 class _Capture:
     "What the hook functions write into: the row mask of the batch, the shard buffers and the fill offset."
     def __init__(self, m: HookedModel, names: list[str], dtype: torch.dtype):
@@ -276,6 +284,7 @@ class _Capture:
             self.fired.add(name)
         return fn
 
+# %% ../nbs/11_store.ipynb #a236dbef
 def _row_locator(batch: list[_Ctx], keep: np.ndarray):
     "Map a row of the batch's flattened rows to its global row index."
     offs = np.cumsum(keep.sum(1)) - keep.sum(1)
@@ -283,6 +292,47 @@ def _row_locator(batch: list[_Ctx], keep: np.ndarray):
         j = int(np.searchsorted(offs, r, "right") - 1)
         return batch[j].row0 + r - int(offs[j])
     return row_of
+
+# %% ../nbs/11_store.ipynb #674d44e3
+def _forward_kwargs(m: HookedModel, names: list[str], stop: int | None) -> dict:
+    "Keyword arguments for a cheap forward: no KV cache, and logits for one position only unless `hook_logits` is stored."
+    kw = {"use_cache": False} if "use_cache" in m._fwd_params else {}
+    if stop is None and "hook_logits" not in names and "logits_to_keep" in m._fwd_params: kw["logits_to_keep"] = 1
+    return kw
+
+class _Runner:
+    "The forwards of a build: a probe that learns every hook's row shape, then one forward per batch, its rows captured."
+    def __init__(self, m: HookedModel, names: list[str], dtype: torch.dtype):
+        self.m, self.names, self.cap = m, names, _Capture(m, names, dtype)
+        self.stop = _stop_layer(m, names)
+        self.kw = _forward_kwargs(m, names, self.stop)
+
+    def hooks(self):
+        "The context that attaches the capture's hook functions."
+        return self.m.hooks([(h, self.cap.hook(h)) for h in self.names])
+
+    def _forward(self, ids: torch.Tensor) -> None:
+        self.m(ids, return_type=None, stop_at_layer=self.stop, **self.kw)
+
+    def probe(self, context_size: int) -> dict:
+        "Run one context of BOS tokens → `{hook: row shape}` (the dims after batch and position)."
+        self.cap.probe = True
+        with torch.no_grad(), self.hooks(): self._forward(torch.full((1, context_size), self.m.tokenizer.bos_token_id or 0))
+        self.cap.probe = False
+        return {h: self.cap.shapes[h] for h in self.names}
+
+    def forward(self, batch: list[_Ctx]) -> int:
+        "Run a batch of contexts (inside `hooks()`), appending their rows to the capture's buffers → how many rows."
+        cap, keep = self.cap, np.stack([c.keep for c in batch])
+        cap.keep, cap.all_keep = torch.from_numpy(keep).to(self.m.device), bool(keep.all())
+        cap.row_of = _row_locator(batch, keep)
+        cap.fired.clear()
+        self._forward(torch.from_numpy(np.stack([c.ids for c in batch])))
+        if cap.fired != set(self.names):
+            raise RuntimeError(f"hooks {sorted(set(self.names) - cap.fired)} did not fire during the forward")
+        rows = int(keep.sum())
+        cap.fill += rows
+        return rows
 
 # %% ../nbs/11_store.ipynb #f06e8f3e
 class ActivationStore:
@@ -373,7 +423,7 @@ class ActivationStore:
             self._tok = AutoTokenizer.from_pretrained(str(self.path / "tokenizer"))
         return self._tok
 
-# %% ../nbs/11_store.ipynb #8ff98b91
+# %% ../nbs/11_store.ipynb #a5b162e7
 def _resolve_model(model) -> HookedModel:
     return model if isinstance(model, HookedModel) else load_model(model)
 
@@ -395,6 +445,7 @@ def _check_args(m, hooks, n_tokens, context_size, batch_size, dtype, prepend_bos
     if resume and overwrite: raise ValueError("pass resume=True (continue the store in out_dir) or overwrite=True (replace it), not both")
     return names
 
+# %% ../nbs/11_store.ipynb #dcd355e7
 def _dist_env(rank, world_size) -> tuple[int, int]:
     "This process's rank and the world size: arguments, else torchrun's RANK/WORLD_SIZE, else 0 of 1."
     if rank is None and world_size is None:
@@ -403,7 +454,7 @@ def _dist_env(rank, world_size) -> tuple[int, int]:
     if not 0 <= rank < world_size: raise ValueError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}")
     return rank, world_size
 
-# %% ../nbs/11_store.ipynb #f9896bb2
+# %% ../nbs/11_store.ipynb #15c1947b
 _LOCK = "build.lock"
 _OWN = ("meta.json", "tokenizer", "acts-", "tokens-", "rank-")
 
@@ -430,6 +481,7 @@ def _existing(out: Path, ident: dict, rank: int, world: int, resume: bool, overw
     if prog is None: return [], False
     return _intact(_rank_dir(out, rank, world), prog["shards"], ident["hooks"]), False
 
+# %% ../nbs/11_store.ipynb #442201f4
 def _shard_damage(d: Path, k: int, s: dict, hooks: list[str]) -> str | None:
     "Why complete shard `k` in `d` cannot be kept (a file missing or damaged, no checksums recorded), or None."
     files = s.get("files", {})
@@ -448,6 +500,7 @@ def _intact(d: Path, shards: list[dict], hooks: list[str]) -> list[dict]:
             return shards[:k]
     return list(shards)
 
+# %% ../nbs/11_store.ipynb #f81d7fbe
 def _clear(out: Path, rank: int, world: int):
     "Remove the old store files this rank owns (rank 0: all but the directories of other live ranks)."
     mine = _rank_dir(out, rank, world)
@@ -457,7 +510,7 @@ def _clear(out: Path, rank: int, world: int):
         if (p == mine and world > 1) or (rank == 0 and not live):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
-# %% ../nbs/11_store.ipynb #5e7b9c3f
+# %% ../nbs/11_store.ipynb #1b2c25d0
 try: import fcntl
 except ImportError: fcntl = None            # Windows: the lock file alone, no kernel lock
 
@@ -475,6 +528,7 @@ def _describe(owner: dict) -> str:
     return (f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')}, started {owner.get('started', '?')}, "
             f"build id {owner.get('build', '?')!r}")
 
+# %% ../nbs/11_store.ipynb #593360bb
 def _owner(path: Path, wait: float = 5.0) -> dict | None:
     "Who holds the lock at `path` (None: released meanwhile); waits for a lock just created to get its content."
     t0 = time.monotonic()
@@ -517,6 +571,7 @@ def _take_over(path: Path, owner: dict) -> bool:
     warnings.warn(f"{path.parent}: took over the lock of a build that is no longer running ({_describe(owner)})", stacklevel=6)
     return True
 
+# %% ../nbs/11_store.ipynb #5d41b5cf
 def _acquire(path: Path, me: dict, tries: int = 100) -> int | None:
     "Create and hold the lock file (→ its descriptor), or join the build that holds it (→ None)."
     for _ in range(tries):
@@ -616,47 +671,6 @@ class _Request:
         return tqdm(total=self.n_tokens if self.world == 1 else None, initial=sum(s["rows"] for s in done), unit="tok",
                     unit_scale=True, disable=not show or self.rank != 0,
                     desc=f"extract {n} hook{'s' * (n > 1)} → {self.out.name}")
-
-# %% ../nbs/11_store.ipynb #674d44e3
-def _forward_kwargs(m: HookedModel, names: list[str], stop: int | None) -> dict:
-    "Keyword arguments for a cheap forward: no KV cache, and logits for one position only unless `hook_logits` is stored."
-    kw = {"use_cache": False} if "use_cache" in m._fwd_params else {}
-    if stop is None and "hook_logits" not in names and "logits_to_keep" in m._fwd_params: kw["logits_to_keep"] = 1
-    return kw
-
-class _Runner:
-    "The forwards of a build: a probe that learns every hook's row shape, then one forward per batch, its rows captured."
-    def __init__(self, m: HookedModel, names: list[str], dtype: torch.dtype):
-        self.m, self.names, self.cap = m, names, _Capture(m, names, dtype)
-        self.stop = _stop_layer(m, names)
-        self.kw = _forward_kwargs(m, names, self.stop)
-
-    def hooks(self):
-        "The context that attaches the capture's hook functions."
-        return self.m.hooks([(h, self.cap.hook(h)) for h in self.names])
-
-    def _forward(self, ids: torch.Tensor) -> None:
-        self.m(ids, return_type=None, stop_at_layer=self.stop, **self.kw)
-
-    def probe(self, context_size: int) -> dict:
-        "Run one context of BOS tokens → `{hook: row shape}` (the dims after batch and position)."
-        self.cap.probe = True
-        with torch.no_grad(), self.hooks(): self._forward(torch.full((1, context_size), self.m.tokenizer.bos_token_id or 0))
-        self.cap.probe = False
-        return {h: self.cap.shapes[h] for h in self.names}
-
-    def forward(self, batch: list[_Ctx]) -> int:
-        "Run a batch of contexts (inside `hooks()`), appending their rows to the capture's buffers → how many rows."
-        cap, keep = self.cap, np.stack([c.keep for c in batch])
-        cap.keep, cap.all_keep = torch.from_numpy(keep).to(self.m.device), bool(keep.all())
-        cap.row_of = _row_locator(batch, keep)
-        cap.fired.clear()
-        self._forward(torch.from_numpy(np.stack([c.ids for c in batch])))
-        if cap.fired != set(self.names):
-            raise RuntimeError(f"hooks {sorted(set(self.names) - cap.fired)} did not fire during the forward")
-        rows = int(keep.sum())
-        cap.fill += rows
-        return rows
 
 # %% ../nbs/11_store.ipynb #5e27e203
 def _token_tensors(ctxs: list[_Ctx]) -> dict:
@@ -778,7 +792,7 @@ def _open_when_done(cls, out: Path, world: int):
 
 ActivationStore.build = classmethod(_build)
 
-# %% ../nbs/11_store.ipynb #8c241607
+# %% ../nbs/11_store.ipynb #69a53415
 _MAX_MAPS = 64
 
 def _acts(self: ActivationStore, i: int, hook: str) -> tuple[np.ndarray, str]:
@@ -793,6 +807,7 @@ def _acts(self: ActivationStore, i: int, hook: str) -> tuple[np.ndarray, str]:
         if len(self._maps) > _MAX_MAPS: self._maps.popitem(last=False)
     return self._maps[key]
 
+# %% ../nbs/11_store.ipynb #38cd32f5
 def _verify(self: ActivationStore) -> ActivationStore:
     """Read every file of every complete shard and compare it with the size and CRC-32 recorded when it was
     written; raise `CorruptShard` naming each damaged file, else return the store."""
@@ -806,6 +821,7 @@ def _verify(self: ActivationStore) -> ActivationStore:
 
 ActivationStore.verify = _verify
 
+# %% ../nbs/11_store.ipynb #89929587
 def _hooks_arg(self: ActivationStore, hooks) -> tuple[list[str], bool]:
     "→ (hook names, whether to return a bare tensor rather than a dict)."
     if hooks is None: return self.hooks, len(self.hooks) == 1
@@ -832,6 +848,7 @@ def _locate(self: ActivationStore, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     j = np.searchsorted(self._run_start, rows, "right") - 1
     return self._run_shard[j], self._run_local[j] + rows - self._run_start[j]
 
+# %% ../nbs/11_store.ipynb #b3618647
 def _gather(self: ActivationStore, rows: np.ndarray, hook: str) -> torch.Tensor:
     "Activations of absolute `rows` at `hook`, reading each shard once in ascending row order."
     out = torch.empty(len(rows), self.widths[hook], dtype=self.dtype)
@@ -906,7 +923,7 @@ def _iter_batches(self: ActivationStore, batch_size: int, shuffle: bool = True, 
 
 ActivationStore.iter_batches = _iter_batches
 
-# %% ../nbs/11_store.ipynb #af1ead31
+# %% ../nbs/11_store.ipynb #7ca271c3
 def _split(self: ActivationStore, *fractions) -> tuple:
     "Views over consecutive row ranges: `split(0.8)` → (first 80%, last 20%); `split(0.8, 0.1, 0.1)` → three."
     if len(fractions) == 1 and isinstance(fractions[0], (list, tuple)): fractions = tuple(fractions[0])
@@ -919,6 +936,9 @@ def _split(self: ActivationStore, *fractions) -> tuple:
     bounds.append(n)
     return tuple(self._view(self._lo + a, self._lo + b) for a, b in zip(bounds, bounds[1:]))
 
+ActivationStore.split = _split
+
+# %% ../nbs/11_store.ipynb #d0c7ce35
 def _stats(self: ActivationStore, hook: str | None = None, chunk_rows: int = 1 << 16) -> dict:
     "`{'mean': [width], 'std': [width], 'mean_norm': float, 'n': rows}` of `hook` over this store/view (float64 sums)."
     if hook is None:
@@ -937,9 +957,9 @@ def _stats(self: ActivationStore, hook: str | None = None, chunk_rows: int = 1 <
                              "mean_norm": norm / n, "n": len(self)}
     return self._stats[hook]
 
-ActivationStore.split, ActivationStore.stats = _split, _stats
+ActivationStore.stats = _stats
 
-# %% ../nbs/11_store.ipynb #f1b9052a
+# %% ../nbs/11_store.ipynb #42f0da07
 def _tokens_shard(self: ActivationStore, i: int) -> dict:
     "The token arrays of shard `i` (small; the last few are cached), with each row's context inside the shard."
     cache = self.__dict__.setdefault("_tok_cache", OrderedDict())
@@ -968,6 +988,9 @@ def _token_index(self: ActivationStore, rows) -> dict:
     res = {k: torch.from_numpy(v) for k, v in out.items()}
     return {k: v[0] for k, v in res.items()} if isinstance(rows, (int, np.integer)) else res
 
+ActivationStore.token_index = _token_index
+
+# %% ../nbs/11_store.ipynb #b5480ece
 def _tokens(self: ActivationStore, rows) -> torch.Tensor:
     "Token ids of `rows`."
     return _token_index(self, rows)["token"]
@@ -982,4 +1005,4 @@ def _context(self: ActivationStore, row: int, window: int = 8, mark: tuple[str, 
     dec = lambda xs: self.tokenizer.decode(xs)
     return dec(ids[max(0, p - window):p]) + mark[0] + dec(ids[p:p + 1]) + mark[1] + dec(ids[p + 1:p + 1 + window])
 
-ActivationStore.token_index, ActivationStore.tokens, ActivationStore.context = _token_index, _tokens, _context
+ActivationStore.tokens, ActivationStore.context = _tokens, _context
