@@ -41,7 +41,7 @@ class Corpus:
         extra = ", ".join(f"{k}={v!r}" for k, v in self.description.items() if k != "source")
         return f"Corpus({self.description['source']!r}{', ' + extra if extra else ''})"
 
-# %% ../nbs/10_corpus.ipynb #2df1fd05
+# %% ../nbs/10_corpus.ipynb #d2971ad1
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
 def _stdlib_files() -> list[Path]:
@@ -52,6 +52,7 @@ def _stdlib_files() -> list[Path]:
         files += [Path(dp) / f for f in fns if f.endswith(".py") and not f.startswith("_")]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
+# %% ../nbs/10_corpus.ipynb #e72459f2
 def _docstrings(tree) -> Iterator[str]:
     "Docstrings of a module and its public classes/functions, depth first in source order."
     d = ast.get_docstring(tree)
@@ -60,6 +61,7 @@ def _docstrings(tree) -> Iterator[str]:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
             yield from _docstrings(node)
 
+# %% ../nbs/10_corpus.ipynb #cf23e2b0
 def python_docs() -> Iterator[str]:
     "The `pydoc_data` help topics, then the standard library's docstrings (offline, deterministic)."
     from pydoc_data.topics import topics
@@ -70,13 +72,14 @@ def python_docs() -> Iterator[str]:
         except (SyntaxError, UnicodeDecodeError, ValueError): continue    # e.g. lib2to3 test data
         yield from _docstrings(tree)
 
-# %% ../nbs/10_corpus.ipynb #ed4a6af9
+# %% ../nbs/10_corpus.ipynb #dc36163f
 TEXT_SUFFIXES = (".txt", ".jsonl", ".ndjson", ".parquet")
 
 def _missing_field(field, available, where):
     return ValueError(f"text_field={field!r} is not in {where}; available fields: {sorted(available)}. "
                       f"Pass text_field=<one of them>.")
 
+# %% ../nbs/10_corpus.ipynb #14631077
 def _read_txt(path: Path, sample_by: str, encoding: str, errors: str) -> Iterator[str]:
     if sample_by == "document":
         yield path.read_text(encoding=encoding, errors=errors); return
@@ -92,6 +95,7 @@ def _read_txt(path: Path, sample_by: str, encoding: str, errors: str) -> Iterato
             elif para: yield "".join(para).rstrip("\n"); para = []
         if para: yield "".join(para).rstrip("\n")
 
+# %% ../nbs/10_corpus.ipynb #5b359913
 def _read_jsonl(path: Path, field: str, encoding: str, errors: str) -> Iterator[str]:
     with open(path, encoding=encoding, errors=errors) as f:
         for i, line in enumerate(f):
@@ -102,6 +106,7 @@ def _read_jsonl(path: Path, field: str, encoding: str, errors: str) -> Iterator[
             if field not in rec: raise _missing_field(field, rec, f"{path}:{i + 1}")
             yield rec[field]
 
+# %% ../nbs/10_corpus.ipynb #edc9bde3
 def _read_parquet(path: Path, field: str) -> Iterator[str]:
     try: import pyarrow.parquet as pq
     except ImportError: raise ImportError("reading .parquet needs pyarrow: pip install pyarrow") from None
@@ -111,6 +116,7 @@ def _read_parquet(path: Path, field: str) -> Iterator[str]:
     for batch in pf.iter_batches(columns=[field], batch_size=1024):
         yield from batch.column(0).to_pylist()
 
+# %% ../nbs/10_corpus.ipynb #3a0dd65d
 def _decoded(docs: Iterator[str], where, encoding: str) -> Iterator[str]:
     "`docs`, with a decoding error re-raised as one that names the file (or dataset) and the fix."
     try: yield from docs
@@ -126,13 +132,14 @@ def _read_file(path: Path, field: str, sample_by: str, encoding: str = "utf-8", 
     if s == ".parquet": return _read_parquet(path, field)
     raise ValueError(f"{path}: unsupported file type {s!r}; use one of {TEXT_SUFFIXES}")
 
-# %% ../nbs/10_corpus.ipynb #aa2ef26e
+# %% ../nbs/10_corpus.ipynb #7d4a7a17
 def _checked(it: Iterable, where: str) -> Iterator[str]:
     for i, d in enumerate(it):
         if not isinstance(d, str):
             raise TypeError(f"document {i} of {where} is a {type(d).__name__}, not a string")
         yield d
 
+# %% ../nbs/10_corpus.ipynb #9e0ee703
 def _from_iterable(it, field: str) -> Iterator[str]:
     for i, d in enumerate(it):
         if isinstance(d, dict):
