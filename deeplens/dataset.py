@@ -14,7 +14,7 @@ from .store import ActivationStore, _atomic
 __all__ = ['load_activations', 'TensorRows', 'StoreRows', 'split_sizes', 'row_moments', 'ZScore', 'ActivationsDataset', 'as_rows',
            'ActivationsDatasetBuilder']
 
-# %% ../nbs/13_dataset.ipynb #cd20441a
+# %% ../nbs/13_dataset.ipynb #c87fe953
 def _choose_key(keys, key: str | None, what: str) -> str:
     "The name of one tensor among `keys`: `key`, or the only one."
     keys = list(keys)
@@ -24,6 +24,7 @@ def _choose_key(keys, key: str | None, what: str) -> str:
     if len(keys) != 1: raise ValueError(f"{what} holds {len(keys)} tensors {sorted(keys)}: choose one with key=...")
     return keys[0]
 
+# %% ../nbs/13_dataset.ipynb #229be493
 def load_activations(path, key: str | None = None) -> torch.Tensor:
     """A tensor of activations from a `.safetensors` file or a `.pt`/`.pth` file (a tensor, or a dict of tensors:
     `key` picks one). `.pt` files are read with `torch.load(weights_only=True)`: no pickled code runs."""
