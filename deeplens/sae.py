@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 __all__ = ['ARCHITECTURES', 'SparseAutoencoder', 'encode', 'decode', 'forward', 'auxk_loss', 'loss', 'normalize_decoder',
            'remove_parallel_grads', 'post_step', 'init_b_dec', 'config', 'save', 'load']
 
-# %% ../nbs/20_sae.ipynb #7502f435
+# %% ../nbs/20_sae.ipynb #e96aca7a
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
 _K_ARCHS = ("topk", "batchtopk", "matryoshka")          # sparsity set by k latents per row
 _BATCH_ARCHS = ("batchtopk", "matryoshka")               # batch top-k in training, a threshold at inference
@@ -45,6 +45,7 @@ def _resolve_arch(architecture, k, beta_l1) -> str:
                          + ("uses l0_coeff=" if a == "jumprelu" else "needs no sparsity coefficient (k sets it)"))
     return a
 
+# %% ../nbs/20_sae.ipynb #c64ee763
 def _matryoshka_widths(widths, d_sae: int) -> tuple:
     """The nested prefix widths of a Matryoshka SAE, strictly increasing and ending at `d_sae` (appended when
     missing). None gives `d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae`."""
@@ -82,7 +83,7 @@ class _JumpReLU(torch.autograd.Function):
         gt = -(theta / ctx.eps) * _rect((x - theta) / ctx.eps) * g
         return (x > theta).to(x.dtype) * g, gt.reshape(-1, theta.shape[-1]).sum(0), None
 
-# %% ../nbs/20_sae.ipynb #35110404
+# %% ../nbs/20_sae.ipynb #b2911c9f
 def _use_sparse(k: int, d_sae: int, device: torch.device) -> bool:
     if device.type == "cuda": return 64 * k <= d_sae
     return d_sae >= 4096 and 16 * k <= d_sae
@@ -101,6 +102,7 @@ def _gather_dot(idx: torch.Tensor, table: torch.Tensor, rows: torch.Tensor) -> t
         out = F.embedding_bag(idx, table.detach(), per_sample_weights=w, mode="sum")
         return torch.autograd.grad(out, w, rows)[0]
 
+# %% ../nbs/20_sae.ipynb #d2a9313c
 class _GatherLinear(torch.autograd.Function):
     "`pre[b, idx[b, j]]` for `pre = x @ W + b` given without history; the backward touches only the kept columns."
     @staticmethod
@@ -118,6 +120,7 @@ class _GatherLinear(torch.autograd.Function):
             gb = torch.zeros(W.shape[1], dtype=W.dtype, device=W.device).index_add_(0, idx.reshape(-1), g.reshape(-1).to(W.dtype))
         return gx, gW, gb, None, None
 
+# %% ../nbs/20_sae.ipynb #1eca3192
 class _SparseDecode(torch.autograd.Function):
     "`Σ_j vals[b, j] · W[idx[b, j]]`; the backward touches only the used rows of `W`."
     @staticmethod
@@ -203,7 +206,7 @@ class SparseAutoencoder(nn.Module):
         p = self.W_enc
         return f"SparseAutoencoder({s}, {str(p.dtype).removeprefix('torch.')}, {p.device})"
 
-# %% ../nbs/20_sae.ipynb #5ebab554
+# %% ../nbs/20_sae.ipynb #09ed9c9f
 def _x_in(self: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
     if not isinstance(x, torch.Tensor): raise TypeError(f"expected a torch.Tensor of activations, got {type(x).__name__}")
     if x.shape[-1] != self.d_in:
@@ -215,6 +218,21 @@ def _x_in(self: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
 
 def _act(self: SparseAutoencoder, t): return F.silu(t) if self.activation == "silu" else F.relu(t)
 
+# %% ../nbs/20_sae.ipynb #6d2cd6a4
+def _sparse_ok(self: SparseAutoencoder) -> bool:
+    if self.sparse_decode is not None: return bool(self.sparse_decode)
+    return _use_sparse(self.k, self.d_sae, self.W_enc.device)
+
+def _prefix_decodes(self: SparseAutoencoder, z: torch.Tensor) -> list:
+    """The reconstruction `z[..., :w] @ W_dec[:w] + b_dec` of every Matryoshka prefix `w`, built as running sums of
+    the groups `W_dec[w_prev:w]`: all of them together cost one decode. The last is the full reconstruction."""
+    out, acc, lo = [], self.b_dec, 0
+    for w in self.matryoshka_widths:
+        acc = acc + z[..., lo:w] @ self.W_dec[lo:w]
+        out.append(acc); lo = w
+    return out
+
+# %% ../nbs/20_sae.ipynb #f967edaa
 def _encode(self: SparseAutoencoder, x: torch.Tensor, dense: bool = True) -> tuple:
     """→ (z, z_pre, extra): dense code, pre-activations, and what the loss or a sparse decode needs
     (`topk`: (vals, idx); `gated`: π_mag). On TopK's sparse path `dense=False` skips building `z` (None)."""
@@ -266,6 +284,7 @@ def _update_threshold(self: SparseAutoencoder, kept: torch.Tensor):
     t = self.threshold.double()
     self.threshold.copy_(t + w * (pos.min().double() - t))
 
+# %% ../nbs/20_sae.ipynb #fed6e17f
 def encode(self: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
     "Feature activations `z` [..., d_sae] of activations `x` [..., d_in]."
     return _encode(self, x)[0]
@@ -275,19 +294,7 @@ def decode(self: SparseAutoencoder, z: torch.Tensor) -> torch.Tensor:
     if z.shape[-1] != self.d_sae: raise ValueError(f"z has last dimension {z.shape[-1]}, this SAE has d_sae={self.d_sae}")
     return z.to(self.W_enc.dtype) @ self.W_dec + self.b_dec
 
-def _sparse_ok(self: SparseAutoencoder) -> bool:
-    if self.sparse_decode is not None: return bool(self.sparse_decode)
-    return _use_sparse(self.k, self.d_sae, self.W_enc.device)
-
-def _prefix_decodes(self: SparseAutoencoder, z: torch.Tensor) -> list:
-    """The reconstruction `z[..., :w] @ W_dec[:w] + b_dec` of every Matryoshka prefix `w`, built as running sums of
-    the groups `W_dec[w_prev:w]`: all of them together cost one decode. The last is the full reconstruction."""
-    out, acc, lo = [], self.b_dec, 0
-    for w in self.matryoshka_widths:
-        acc = acc + z[..., lo:w] @ self.W_dec[lo:w]
-        out.append(acc); lo = w
-    return out
-
+# %% ../nbs/20_sae.ipynb #6312401b
 def _forward(self: SparseAutoencoder, x: torch.Tensor, dense: bool = True) -> tuple:
     """→ (x_hat, z, z_pre, extra); `dense=False` leaves `z` None on TopK's sparse path. For `matryoshka`, `extra`
     is the list of prefix reconstructions."""
@@ -304,7 +311,7 @@ def forward(self: SparseAutoencoder, x: torch.Tensor) -> tuple:
 
 SparseAutoencoder.encode, SparseAutoencoder.decode, SparseAutoencoder.forward = encode, decode, forward
 
-# %% ../nbs/20_sae.ipynb #5383f9f0
+# %% ../nbs/20_sae.ipynb #d7a6f5c3
 def auxk_loss(self: SparseAutoencoder, x: torch.Tensor, x_hat: torch.Tensor, z_pre: torch.Tensor,
               dead_mask: torch.Tensor) -> torch.Tensor:
     "AuxK (Gao et al. 2024): MSE of the dead latents' top-`d_in/2` reconstruction of the residual `x − x_hat`."
@@ -323,6 +330,7 @@ def auxk_loss(self: SparseAutoencoder, x: torch.Tensor, x_hat: torch.Tensor, z_p
     e = (x.to(x_hat.dtype) - x_hat).detach()
     return scale * (e_hat - e).pow(2).mean()
 
+# %% ../nbs/20_sae.ipynb #6050ef35
 def _sparse_code(vals: torch.Tensor, idx: torch.Tensor, d_sae: int) -> torch.Tensor:
     "The TopK code as a sparse COO tensor [rows, d_sae] (detached): `batch·k` entries, no dense matrix."
     v, i = vals.detach().reshape(-1, vals.shape[-1]), idx.reshape(-1, idx.shape[-1])
@@ -330,6 +338,7 @@ def _sparse_code(vals: torch.Tensor, idx: torch.Tensor, d_sae: int) -> torch.Ten
     return torch.sparse_coo_tensor(torch.stack([rows, i.reshape(-1)]), v.reshape(-1), (i.shape[0], d_sae),
                                    check_invariants=False)
 
+# %% ../nbs/20_sae.ipynb #b38228fe
 def loss(self: SparseAutoencoder, x: torch.Tensor, *, dead_mask: torch.Tensor | None = None,
          sparsity_scale: float = 1.0, return_outputs: bool = False, sparse_codes: bool = False) -> tuple:
     """→ `(total, parts)`: the training loss of this architecture and a dict of its detached terms;
@@ -372,7 +381,7 @@ def loss(self: SparseAutoencoder, x: torch.Tensor, *, dead_mask: torch.Tensor | 
 
 SparseAutoencoder.loss, SparseAutoencoder.auxk_loss = loss, auxk_loss
 
-# %% ../nbs/20_sae.ipynb #94f8044d
+# %% ../nbs/20_sae.ipynb #1d3b304f
 @torch.no_grad()
 def normalize_decoder(self: SparseAutoencoder, eps: float = 1e-8) -> None:
     "Scale every decoder row `W_dec[j]` to unit norm (no-op unless `unit_norm_decoder`)."
@@ -394,6 +403,7 @@ def post_step(self: SparseAutoencoder) -> None:
     "After `optimizer.step()`: renormalise the decoder rows (see `remove_parallel_grads` for before the step)."
     self.normalize_decoder()
 
+# %% ../nbs/20_sae.ipynb #a2bc8989
 @torch.no_grad()
 def init_b_dec(self: SparseAutoencoder, x: torch.Tensor, method: str = "geometric_median", n_iter: int = 100,
                tol: float = 1e-6) -> torch.Tensor:
@@ -417,7 +427,7 @@ def init_b_dec(self: SparseAutoencoder, x: torch.Tensor, method: str = "geometri
 SparseAutoencoder.normalize_decoder, SparseAutoencoder.remove_parallel_grads = normalize_decoder, remove_parallel_grads
 SparseAutoencoder.post_step, SparseAutoencoder.init_b_dec = post_step, init_b_dec
 
-# %% ../nbs/20_sae.ipynb #4b8830ba
+# %% ../nbs/20_sae.ipynb #7fa07b2b
 _SAELENS_META = ("model_name", "hook_name", "model_class_name", "hook_layer", "hook_head_index",
                  "model_from_pretrained_kwargs", "prepend_bos", "exclude_special_tokens", "neuronpedia_id",
                  "context_size", "seqpos_slice", "dataset_path", "sae_lens_version", "sae_lens_training_version")
@@ -436,6 +446,7 @@ def _atomic_write(path: Path, write) -> None:
 def _write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda t: Path(t).write_text(text))
 
+# %% ../nbs/20_sae.ipynb #f82ff6a2
 def config(self: SparseAutoencoder) -> dict:
     "The constructor arguments under their original DeepLens names (what `config.yaml` holds)."
     c = {"input_dims": self.d_in, "n_features": self.d_sae, "activation": self.activation,
@@ -462,6 +473,7 @@ def _saelens_gaps(self: SparseAutoencoder) -> list:
     if self.input_norm: gaps.append("input_norm=True (SAELens refuses the extra tensors norm.weight, norm.bias)")
     return gaps
 
+# %% ../nbs/20_sae.ipynb #f9607808
 def save(self: SparseAutoencoder, path, **metadata) -> Path:
     "Write `cfg.json`, `sae_weights.safetensors` (SAELens layout) and `config.yaml` to directory `path`."
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
@@ -488,7 +500,7 @@ def save(self: SparseAutoencoder, path, **metadata) -> Path:
 
 SparseAutoencoder.save, SparseAutoencoder.config = save, config
 
-# %% ../nbs/20_sae.ipynb #3709c382
+# %% ../nbs/20_sae.ipynb #989b49c8
 def _none(v):
     "YAML written as `k: None` reads back as the string 'None'."
     return None if isinstance(v, str) and v.strip().lower() in ("none", "null", "~", "") else v
@@ -509,6 +521,7 @@ def _read_safetensors(p: Path) -> dict:
         with safe_open(str(p), "pt") as f: return {n: f.get_tensor(n) for n in f.keys()}
     except SafetensorError as e: raise _corrupt(p, f"not a readable safetensors file: {e}") from None
 
+# %% ../nbs/20_sae.ipynb #ba99d065
 def _from_tensors(t: dict, *, dtype=None, device=None, src=None, **ctor) -> SparseAutoencoder:
     "Build an SAE with constructor `ctor` and copy SAELens-named tensors `t` (read from `src`) into it, unconverted."
     dt = dtype or t["W_enc"].dtype
@@ -542,6 +555,7 @@ def _tensors_names(sae) -> list:
 
 def _tensor_of(sae, n): return getattr(sae.norm, n.split(".")[1]) if n.startswith("norm.") else getattr(sae, n)
 
+# %% ../nbs/20_sae.ipynb #ffdcfe95
 def _check_saelens_cfg(cfg: dict, d: Path) -> None:
     "Refuse the SAELens settings that change what the SAE computes and that this module does not reproduce."
     norm = cfg.get("normalize_activations")
@@ -559,6 +573,7 @@ def _check_saelens_cfg(cfg: dict, d: Path) -> None:
     if act not in (None, "relu", "topk"):
         raise ValueError(f"{d}: activation_fn={act!r} (older SAELens) is not supported; deeplens reads 'relu' and 'topk'")
 
+# %% ../nbs/20_sae.ipynb #5a5e7e86
 def _saelens_arch(cfg: dict, dl: dict, d: Path) -> tuple:
     "(architecture, k, matryoshka widths) that a SAELens / deeplens `cfg.json` describes."
     arch = dl.get("architecture") or cfg.get("architecture") or "standard"
@@ -580,6 +595,7 @@ def _saelens_arch(cfg: dict, dl: dict, d: Path) -> tuple:
     if a == "matryoshka" and not widths: raise ValueError(f"{d}: a Matryoshka SAE needs matryoshka_widths in cfg.json")
     return a, int(k), widths
 
+# %% ../nbs/20_sae.ipynb #bcdba902
 @torch.no_grad()
 def _fold_decoder_norms(t: dict, d: Path) -> None:
     "`rescale_acts_by_decoder_norm` as weights: `W_enc·n`, `b_enc·n`, `W_dec/n` for row norms `n` (in float64)."
@@ -614,6 +630,7 @@ def _saelens_tensors(t: dict, cfg: dict, arch: str, d: Path) -> dict:
     if arch in _K_ARCHS and cfg.get("rescale_acts_by_decoder_norm"): _fold_decoder_norms(t, d)
     return t
 
+# %% ../nbs/20_sae.ipynb #69bfdc01
 _OLD_NAMES = {"hook_point": "hook_name", "hook_point_layer": "hook_layer", "hook_point_head_index": "hook_head_index"}
 
 def _saelens_meta(cfg: dict, dl: dict) -> dict:
@@ -646,6 +663,7 @@ def _load_saelens(d: Path, **kw) -> SparseAutoencoder:
         if n in dl: ctor[n] = dl[n]
     return _from_tensors(t, **ctor, src=d / "sae_weights.safetensors", **kw)
 
+# %% ../nbs/20_sae.ipynb #1aba683d
 def _load_sparsify(d: Path, **kw) -> SparseAutoencoder:
     cfg = _read_json(d / "cfg.json")
     t = _read_safetensors(d / "sae.safetensors")
@@ -663,6 +681,7 @@ def _load_sparsify(d: Path, **kw) -> SparseAutoencoder:
     return _from_tensors(tt, input_dims=d_in, n_features=d_sae, k=int(cfg["k"]), architecture="topk",
                          unit_norm_decoder=bool(cfg.get("normalize_decoder", True)), src=d / "sae.safetensors", **kw)
 
+# %% ../nbs/20_sae.ipynb #2d4e0a61
 def _legacy_yaml(p: Path, config) -> dict:
     if isinstance(config, dict): return dict(config)
     cands = [Path(config)] if config is not None else [p.with_suffix(".yaml"), p.with_suffix(".yml"), p.parent / "config.yaml"]
@@ -708,6 +727,7 @@ def _load_legacy(p: Path, config=None, **kw) -> SparseAutoencoder:
                          unit_norm_decoder=bool(c.get("unit_norm_decoder", True)), apply_b_dec_to_input=False,
                          src=p, **kw)
 
+# %% ../nbs/20_sae.ipynb #f2793d64
 @classmethod
 def load(cls, path, config=None, *, dtype: torch.dtype | None = None, device=None) -> SparseAutoencoder:
     """Load a deeplens/SAELens directory, an EleutherAI sparsify directory, or an original DeepLens `.pt`
