@@ -48,7 +48,7 @@ class _Acc:
                 "dense_fraction": float((dens > dense_threshold).double().mean()), "feature_density": dens.float(),
                 "log_density_hist": {"counts": counts.tolist(), "edges": edges.tolist()}}
 
-# %% ../nbs/22_evals.ipynb #149ef5dc
+# %% ../nbs/22_evals.ipynb #3bf121b7
 def _act_batches(data, hook, n_tokens, batch_size) -> Iterator[torch.Tensor]:
     if isinstance(data, ActivationStore):
         if hook is None:
@@ -68,12 +68,14 @@ def _act_batches(data, hook, n_tokens, batch_size) -> Iterator[torch.Tensor]:
             left -= len(b)
             yield b
 
+# %% ../nbs/22_evals.ipynb #8a970554
 class _EvalMode:
     "Put the SAE in eval mode for a block and restore its mode after."
     def __init__(self, sae): self.sae = sae
     def __enter__(self): self.was = self.sae.training; self.sae.eval()
     def __exit__(self, *a): self.sae.train(self.was)
 
+# %% ../nbs/22_evals.ipynb #3b2278f4
 @torch.no_grad()
 def sae_metrics(sae: SparseAutoencoder, data, hook: str | None = None, n_tokens: int | None = None,
                 batch_size: int = 4096, dense_threshold: float = 0.1, bins: int = 50, progress: bool = False) -> dict:
@@ -91,7 +93,7 @@ def sae_metrics(sae: SparseAutoencoder, data, hook: str | None = None, n_tokens:
     if acc.n == 0: raise ValueError("no activations to evaluate (empty data or n_tokens=0)")
     return acc.result(dense_threshold, bins)
 
-# %% ../nbs/22_evals.ipynb #4d2392eb
+# %% ../nbs/22_evals.ipynb #f432de3f
 def _contexts(model: HookedModel, src, n_tokens: int, context_size: int) -> torch.Tensor:
     "Token-id contexts [n_ctx, S]: whole contexts, at most `n_tokens` tokens (at least one context)."
     if isinstance(src, torch.Tensor):
@@ -117,6 +119,7 @@ def _contexts(model: HookedModel, src, n_tokens: int, context_size: int) -> torc
     keep = max(1, n_tokens // ctx.shape[1])
     return ctx[:keep]
 
+# %% ../nbs/22_evals.ipynb #db0f2a53
 def _special(model: HookedModel) -> list[int]:
     tok = model.tokenizer
     if tok is None: return []
@@ -128,6 +131,7 @@ def _splice(act: torch.Tensor, fn, d_in: int) -> torch.Tensor:
         return fn(act.flatten(-2)).reshape(act.shape)
     return fn(act)
 
+# %% ../nbs/22_evals.ipynb #66452538
 @torch.no_grad()
 def evaluate_sae(sae: SparseAutoencoder, model: HookedModel, hook: str | None = None, texts_or_store=None,
                  n_tokens: int = 4096, *, context_size: int = 128, batch_size: int = 8, dense_threshold: float = 0.1,
