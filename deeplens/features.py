@@ -19,7 +19,7 @@ from .sae import SparseAutoencoder
 __all__ = ['FeatureStats', 'feature_stats', 'activation_histogram', 'context_tokens', 'max_activating_examples', 'token_class',
            'feature_coherence', 'feature_logits', 'FeatureSummary', 'feature_summary']
 
-# %% ../nbs/30_features.ipynb #c835985f
+# %% ../nbs/30_features.ipynb #2ddee4f9
 def _store_hook(sae: SparseAutoencoder, store: ActivationStore, hook: str | None) -> str:
     "The store hook to read: `hook`, else the SAE's recorded hook, else the store's only hook (warning on a mismatch)."
     if not isinstance(sae, SparseAutoencoder): raise TypeError(f"sae must be a SparseAutoencoder, got {type(sae).__name__}")
@@ -36,6 +36,7 @@ def _store_hook(sae: SparseAutoencoder, store: ActivationStore, hook: str | None
         raise ValueError(f"store hook {hook!r} has width {store.widths[hook]} but the SAE has d_in={sae.d_in}")
     return hook
 
+# %% ../nbs/30_features.ipynb #61c16fdf
 def _check_features(sae: SparseAutoencoder, features) -> list[int]:
     if features is None: return list(range(sae.d_sae))
     fs = [features] if isinstance(features, (int, np.integer)) else [int(f) for f in features]
@@ -43,6 +44,7 @@ def _check_features(sae: SparseAutoencoder, features) -> list[int]:
     if bad: raise ValueError(f"feature(s) {bad} out of range: this SAE has {sae.d_sae} features (0..{sae.d_sae - 1})")
     return [int(f) for f in fs]
 
+# %% ../nbs/30_features.ipynb #edbf22ff
 @dataclass
 class FeatureStats:
     "Per-feature statistics of an SAE over a store (tensors indexed by feature)."
@@ -66,6 +68,7 @@ class FeatureStats:
         return pd.DataFrame({"density": self.density.numpy(), "mean_activation": self.mean_activation.numpy(),
                              "mean_active": self.mean_active.numpy(), "max_activation": self.max_activation.numpy()})
 
+# %% ../nbs/30_features.ipynb #52d7bbbb
 def _batches(sae, store, hook, batch_size, progress, desc):
     dev = sae.W_enc.device
     for x, rows in tqdm(store.iter_batches(batch_size, shuffle=False, hooks=hook, with_rows=True),
@@ -131,13 +134,14 @@ def activation_histogram(sae: SparseAutoencoder, store: ActivationStore, feature
     edges = hi[:, None] * torch.linspace(0, 1, bins + 1)[None]
     return {"features": fs, "counts": counts.reshape(len(fs), bins), "edges": edges, "zeros": zeros}
 
-# %% ../nbs/30_features.ipynb #9333f0b8
+# %% ../nbs/30_features.ipynb #1569a02c
 def _reuse_stats(sae, store, hook, k, stats, progress) -> FeatureStats:
     "`stats` when it covers `hook` with at least `k` top rows, else a fresh pass over the store."
     if stats is None or stats.top_values.shape[1] < k or stats.hook != hook:
         stats = feature_stats(sae, store, hook, k=k, progress=progress)
     return stats
 
+# %% ../nbs/30_features.ipynb #b35be7c5
 def context_tokens(store: ActivationStore, row: int) -> tuple[torch.Tensor, int]:
     "→ (token ids of the whole context that `row` came from, the row's position in it)."
     r = _abs_rows(store, [int(row)])
@@ -146,6 +150,7 @@ def context_tokens(store: ActivationStore, row: int) -> tuple[torch.Tensor, int]
     c, p = t["row_ctx"][local[0]], int(t["row_pos"][local[0]])
     return torch.from_numpy(t["tokens"][c].astype(np.int64)), p
 
+# %% ../nbs/30_features.ipynb #834efaf0
 def max_activating_examples(sae: SparseAutoencoder, store: ActivationStore, feature: int, k: int = 10,
                             window: int = 8, stats: FeatureStats | None = None, hook: str | None = None,
                             mark: tuple[str, str] = ("«", "»"), progress: bool = True):
@@ -169,7 +174,7 @@ def max_activating_examples(sae: SparseAutoencoder, store: ActivationStore, feat
     cols = ["feature", "rank", "value", "row", "token_id", "token", "text", "context", "context_pos", "doc", "context_tokens"]
     return pd.DataFrame(out, columns=cols)
 
-# %% ../nbs/30_features.ipynb #ffb7b11d
+# %% ../nbs/30_features.ipynb #438d08b9
 def token_class(token: str) -> str:
     """The class of a decoded token when comparing examples: its text without surrounding whitespace, lowercased;
     `'<whitespace>'` for whitespace-only tokens and `'<number>'` for digit tokens."""
@@ -177,6 +182,7 @@ def token_class(token: str) -> str:
     if not t: return "<whitespace>"
     return "<number>" if t.isdigit() else t
 
+# %% ../nbs/30_features.ipynb #65f8cf63
 def feature_coherence(stats: FeatureStats, store: ActivationStore, features=None, *, k: int | None = None,
                       key=token_class):
     """How much each feature's max-activating examples share their activating token, as a DataFrame indexed by
@@ -211,7 +217,7 @@ def feature_coherence(stats: FeatureStats, store: ActivationStore, features=None
                     "examples": n, "docs": len({x for x, ok in zip(d, h) if ok})})
     return pd.DataFrame(out).set_index("feature")
 
-# %% ../nbs/30_features.ipynb #59c51f27
+# %% ../nbs/30_features.ipynb #79a74b1e
 def _resid_map(model: HookedModel, hook: str, d_in: int) -> torch.Tensor | None:
     "The `[d_in, d_model]` map from `hook` into the residual stream (None: `hook` already is d_model wide)."
     if hook.endswith("mlp.hook_post"): return model.W_out[layer_of(hook)].detach()
@@ -221,6 +227,7 @@ def _resid_map(model: HookedModel, hook: str, d_in: int) -> torch.Tensor | None:
                          "into the residual stream; logit directions need a residual, attn_out, mlp_out, mlp.hook_post or hook_z SAE")
     return None
 
+# %% ../nbs/30_features.ipynb #4e01b603
 @torch.no_grad()
 def feature_logits(sae: SparseAutoencoder, model: HookedModel, features=None, k: int = 10, hook: str | None = None,
                    chunk: int = 256) -> list[dict]:
