@@ -15,7 +15,7 @@ from .store import ActivationStore
 from .dataset import ActivationsDatasetBuilder
 from .extractor import ExtractSingleSample
 from .sae import SparseAutoencoder
-from .train import SAETrainer
+from .train import SAETrainer, on_train_start
 from .intervene import InterveneFeatures
 from .lens import LensResult
 from .patching import PatchingResult, PatchingResults, PathPatchingResult
@@ -359,6 +359,8 @@ def live(trainer: SAETrainer):
         from IPython.display import display
         m = monitor(trainer); display(m)
     return m
+
+on_train_start(live)          # train() announces its start; in a kernel the live curves appear
 
 # %% ../nbs/53_display.ipynb #acdb6f03
 def lens_widget(result: LensResult):
