@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 import numpy as np
 import torch
-from .model import HookedModel, load_model, _encode
+from .model import HookedModel, load_model
 from .lens import unembed_fn
 
 # %% auto #0
@@ -41,7 +41,7 @@ def _inputs(m: HookedModel, texts, attention_mask=None, padding_side=None, prepe
     else:
         if attention_mask is not None:
             raise ValueError("attention_mask is only for token-id inputs; texts are padded and masked by the tokenizer")
-        ids, mask = _encode(m, texts, prepend_bos, padding_side)
+        ids, mask = m.encode(texts, prepend_bos, padding_side)
     if ids.shape[1] == 0 or (mask.sum(-1) == 0).any():
         bad = [i for i, n in enumerate(mask.sum(-1).tolist() if ids.shape[1] else [0] * ids.shape[0]) if n == 0]
         raise ValueError(f"input row(s) {bad} have no tokens (empty text?); every text needs at least one token")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math, warnings
 from dataclasses import dataclass
 import torch
-from .model import HookedModel, _encode
+from .model import HookedModel
 from .patching import _token_ids, _check_layers, as_metric, _unembed_at
 
 # %% auto #0
@@ -86,7 +86,7 @@ def direct_logit_attribution(model: HookedModel, inputs, answer, contrast=None, 
     if getattr(model.hf.config, "final_logit_softcapping", None):
         raise ValueError("this model soft-caps its final logits (tanh), so logits are not a sum of parts: "
                          "direct logit attribution is not defined for it")
-    ids, mask = _encode(model, inputs, padding_side="left")    # left padding: position -1 is every prompt's last token
+    ids, mask = model.encode(inputs, padding_side="left")    # left padding: position -1 is every prompt's last token
     n, L = ids.shape[0], model.cfg.n_layers
     a = _answer_ids(model, answer, n, "answer")
     c = None if contrast is None else _answer_ids(model, contrast, n, "contrast")
@@ -190,7 +190,7 @@ def integrated_gradients(model: HookedModel, text, target, steps: int = 50, base
                          power: float = 1.0, keep_first: bool = True) -> IGResult:
     """Per-token integrated gradients of the target's logit (log-prob, prob) at `pos`, with the completeness gap.
     `keep_first`: the baseline keeps the first token's embedding (the attention sink), which keeps the path smooth."""
-    ids = model.to_tokens(text) if isinstance(text, str) else _encode(model, text)[0]
+    ids = model.to_tokens(text) if isinstance(text, str) else model.encode(text)[0]
     if ids.shape[0] != 1: raise ValueError("integrated_gradients explains one input: pass one string or a [1, pos] id tensor")
     t = int(_token_ids(model, target, "target")[0]) if not isinstance(target, int) else target
     if not 0 <= t < model.cfg.d_vocab: raise ValueError(f"target id {t} is out of range 0..{model.cfg.d_vocab - 1}")
@@ -344,7 +344,7 @@ def neuron_attribution(model: HookedModel, inputs, answer=None, contrast=None, m
     "activation × ∂metric/∂activation at every MLP neuron (`mlp.hook_post`) of `layers`."
     if (answer is None) == (metric is None): raise ValueError("pass either answer= (with optional contrast=) or metric=fn(logits) -> scalar")
     layers = _check_layers(model, layers)
-    ids, mask = _encode(model, inputs, padding_side="left")
+    ids, mask = model.encode(inputs, padding_side="left")
     if metric is None:
         a = _answer_ids(model, answer, ids.shape[0], "answer").to(model.device)
         c = None if contrast is None else _answer_ids(model, contrast, ids.shape[0], "contrast").to(model.device)

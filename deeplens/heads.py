@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .model import HookedModel, _encode, _loss
+from .model import HookedModel, _loss
 
 # %% auto #0
 __all__ = ['repeated_tokens', 'head_scores', 'induction_scores', 'previous_token_scores', 'duplicate_token_scores',

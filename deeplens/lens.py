@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .model import HookedModel, _encode
+from .model import HookedModel
 
 # %% auto #0
 __all__ = ['unembed_fn', 'LensResult', 'logit_lens', 'convergence_chart', 'preservation_chart', 'TunedLens', 'lens_kl']
@@ -68,7 +68,7 @@ def _encode_inputs(model: HookedModel, inputs, prepend_bos=None):
         raise ValueError("the input list is empty: pass a string, a list of strings or a tensor of token ids")
     if isinstance(inputs, torch.Tensor) and inputs.numel() == 0:
         raise ValueError("the token tensor is empty: the lens needs at least one token")
-    ids, mask = _encode(model, inputs, prepend_bos, padding_side="left")
+    ids, mask = model.encode(inputs, prepend_bos, padding_side="left")
     if ids.shape[-1] == 0: raise ValueError("the input has no tokens after tokenisation: the lens needs at least one")
     empty = (mask.sum(-1) == 0).nonzero().reshape(-1).tolist()
     if empty: raise ValueError(f"input text(s) {empty} are empty: every text needs at least one token")

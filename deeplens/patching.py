@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import torch
 from .adapters import canonical_name
 from .hooks import _first_input, _with_first_input
-from .model import HookedModel, _encode
+from .model import HookedModel
 
 # %% auto #0
 __all__ = ['Metric', 'FnMetric', 'as_metric', 'LogitDiff', 'Prob', 'logit_diff', 'prob', 'KL', 'kl', 'NormalizedEffect',
@@ -181,7 +181,7 @@ def _pair(model: HookedModel, clean, corrupted):
     "Token ids of the clean and corrupted inputs, checked to line up."
     out = []
     for what, x in (("clean", clean), ("corrupted", corrupted)):
-        ids, mask = _encode(model, x)
+        ids, mask = model.encode(x)
         if not bool((mask == 1).all()):
             raise ValueError(f"the {what} prompts tokenize to different lengths, so they were padded; patching needs "
                              "every prompt at the same length (token ids, or prompts of equal token count).")

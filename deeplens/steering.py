@@ -8,7 +8,7 @@ import contextlib, json, math, os
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
-from .model import HookedModel, _encode, _loss
+from .model import HookedModel, _loss
 
 # %% auto #0
 __all__ = ['default_layer', 'SteeringVector', 'SteeringHook', 'generate_with_steering', 'SteeringEvaluation', 'evaluate_steering']
@@ -49,7 +49,7 @@ def _texts(x, what: str) -> list[str]:
 
 def _residuals(model: HookedModel, texts: list[str], name: str):
     "Residuals at `name` for `texts`: ([batch, pos, d_model], attention mask [batch, pos])."
-    ids, mask = _encode(model, texts, padding_side="right")
+    ids, mask = model.encode(texts, padding_side="right")
     _, cache = model.run_with_cache(ids, [name], attention_mask=mask)
     return cache[name].float(), mask
 
@@ -275,7 +275,7 @@ def _target_ids(model: HookedModel, target_tokens) -> list[int]:
     return [t if isinstance(t, int) else model.to_single_token(t) for t in target_tokens]
 
 def _last_probs(model, prompts, ids, hooks):
-    toks, mask = _encode(model, prompts, padding_side="left")
+    toks, mask = model.encode(prompts, padding_side="left")
     with torch.no_grad(), model.hooks(hooks):
         logits = model(toks, attention_mask=mask)
     return torch.softmax(logits[:, -1].float(), -1)[:, ids].sum(-1).cpu()
@@ -285,7 +285,7 @@ def _perplexity(model, texts, hooks, batch_size=8):
     with torch.no_grad(), model.hooks(hooks):
         for i in range(0, len(texts), batch_size):
             chunk = texts[i:i + batch_size]
-            toks, mask = _encode(model, chunk, padding_side="right")
+            toks, mask = model.encode(chunk, padding_side="right")
             nll += float(_loss(model(toks, attention_mask=mask), toks, mask, per_token=True).sum())
             n += int(mask[:, 1:].sum())
     return float(torch.tensor(nll / max(n, 1)).exp())
