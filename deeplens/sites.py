@@ -9,7 +9,7 @@ from .adapters import BLOCK_SITES, SHORT_NAMES, TOP_NAMES, canonical_name, close
 
 # %% auto #0
 __all__ = ['SITE_ALIASES', 'check_index', 'check_layer', 'check_point', 'check_layers', 'check_heads', 'check_positions',
-           'parse_node', 'unknown_site', 'resolve', 'resolve_one']
+           'parse_node', 'UnknownSiteError', 'unknown_site', 'resolve', 'resolve_one']
 
 # %% ../nbs/00a_sites.ipynb #f8b5e84d
 def _as_int(i, what: str) -> int:
@@ -135,9 +135,12 @@ def _vocabulary(model) -> list[str]:
     rel = dict.fromkeys(re.sub(r"^blocks\.\d+\.", "", n) for n in model.sites)
     return [*model.sites, *rel, *SHORT_NAMES, *TOP_NAMES, *SITE_ALIASES]
 
-def unknown_site(model, spec) -> ValueError:
+class UnknownSiteError(ValueError):
+    "A site name no spelling rule reads (a ValueError, so every existing handler still catches it)."
+
+def unknown_site(model, spec) -> UnknownSiteError:
     "The error for a site name no rule reads: the closest valid names, and where to find all of them."
-    return ValueError(f"unknown hook name {spec!r}. Closest valid names: {', '.join(closest_names(str(spec), _vocabulary(model)))}. "
+    return UnknownSiteError(f"unknown hook name {spec!r}. Closest valid names: {', '.join(closest_names(str(spec), _vocabulary(model)))}. "
                       "See model.hook_names() for all of them (deeplens.sites.resolve lists the accepted spellings).")
 
 def _checked(model, names: list[str], spec) -> list[str]:

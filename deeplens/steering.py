@@ -9,19 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from .model import HookedModel, _loss
+from .sites import check_layer
 
 # %% auto #0
 __all__ = ['default_layer', 'SteeringVector', 'SteeringHook', 'generate_with_steering', 'SteeringEvaluation', 'evaluate_steering']
 
 # %% ../nbs/42_steering.ipynb #83f5eb91
 _SITES = ("resid_pre", "resid_mid", "resid_post")
-
-def _check_layer(model: HookedModel, layer) -> int:
-    n = model.cfg.n_layers
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise TypeError(f"layer must be an int in 0..{n - 1}, got {type(layer).__name__}")
-    if not 0 <= layer < n: raise ValueError(f"layer {layer} is out of range; this model has layers 0..{n - 1}")
-    return layer
 
 def _coefficient(c, what: str) -> float:
     "`c` as a float; a nan or inf coefficient would make every later activation nan, so it is refused here."
@@ -94,7 +88,7 @@ def _from_contrast(cls, model: HookedModel, positive, negative, layer: int | Non
     """CAA: `mean(resid(positive)) − mean(resid(negative))` at `blocks.{layer}.hook_{site}`, reading each prompt's
     last token (`read_positions="last"`) or its mean over tokens (`"mean"`)."""
     pos, neg = _texts(positive, "positive"), _texts(negative, "negative")
-    layer = default_layer(model) if layer is None else _check_layer(model, layer)
+    layer = default_layer(model) if layer is None else check_layer(model, layer)
     if read_positions not in ("last", "mean"): raise ValueError(f"read_positions must be 'last' or 'mean', got {read_positions!r}")
     if site not in _SITES: raise ValueError(f"site must be one of {_SITES}, got {site!r}")
     name = f"blocks.{layer}.hook_{site}"
@@ -122,7 +116,7 @@ def _from_prompts(cls, model: HookedModel, plus: str, minus: str, layer: int | N
     "ActAdd: `resid(plus) − resid(minus)` position by position, a `[n_pos, d_model]` block added at the start."
     if not isinstance(plus, str) or not isinstance(minus, str) or not plus or not minus:
         raise ValueError("from_prompts takes two non-empty strings, plus and minus (e.g. 'Love', 'Hate')")
-    layer = default_layer(model) if layer is None else _check_layer(model, layer)
+    layer = default_layer(model) if layer is None else check_layer(model, layer)
     if site not in _SITES: raise ValueError(f"site must be one of {_SITES}, got {site!r}")
     a, b = model.to_tokens(plus)[0], model.to_tokens(minus)[0]
     n = max(len(a), len(b))
@@ -180,7 +174,7 @@ def _applied(self: SteeringVector, model: HookedModel, coef: float = 1.0, positi
     with model.hooks([self.hook(coef, positions, prompt_len)]): yield model
 
 def _check(self: SteeringVector, model: HookedModel):
-    _check_layer(model, self.layer)
+    check_layer(model, self.layer)
     if self.d_model != model.cfg.d_model:
         raise ValueError(f"this vector has d_model={self.d_model} but the model has d_model={model.cfg.d_model}; "
                          "it was built from a different model")
