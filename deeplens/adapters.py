@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['Proj', 'ARCHITECTURES', 'BLOCK_SITES', 'TOP_SITES', 'FINAL_SITES', 'ModelConfig', 'Site', 'heads', 'part', 'ArchSpec',
-           'arch_spec', 'model_config', 'site_table', 'canonical_name', 'closest_names']
+__all__ = ['Proj', 'ARCHITECTURES', 'BLOCK_SITES', 'TOP_SITES', 'FINAL_SITES', 'SHORT_NAMES', 'TOP_NAMES', 'ModelConfig', 'Site',
+           'heads', 'part', 'ArchSpec', 'arch_spec', 'model_config', 'site_table', 'canonical_name', 'closest_names']
 
 # %% ../nbs/00_adapters.ipynb #071cdd12
 @dataclass
@@ -319,19 +319,19 @@ def site_table(spec: ArchSpec, cfg: ModelConfig) -> tuple[dict[str, Site], dict[
     return sites, missing
 
 # %% ../nbs/00_adapters.ipynb #7c78690d
-_SHORT = {"resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
-          "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out",
-          "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "rot_q": "attn.hook_rot_q",
-          "rot_k": "attn.hook_rot_k", "attn_scores": "attn.hook_attn_scores", "scores": "attn.hook_attn_scores",
-          "pattern": "attn.hook_pattern", "attn": "attn.hook_pattern", "z": "attn.hook_z", "result": "attn.hook_result",
-          "pre": "mlp.hook_pre", "pre_linear": "mlp.hook_pre_linear", "post": "mlp.hook_post", "mlp_post": "mlp.hook_post",
-          "mlp_pre": "mlp.hook_pre"}
-_TOP = {"embed": "hook_embed", "pos_embed": "hook_pos_embed", "logits": "hook_logits"}
+SHORT_NAMES = {"resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
+               "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out",
+               "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "rot_q": "attn.hook_rot_q",
+               "rot_k": "attn.hook_rot_k", "attn_scores": "attn.hook_attn_scores", "scores": "attn.hook_attn_scores",
+               "pattern": "attn.hook_pattern", "attn": "attn.hook_pattern", "z": "attn.hook_z", "result": "attn.hook_result",
+               "pre": "mlp.hook_pre", "pre_linear": "mlp.hook_pre_linear", "post": "mlp.hook_post", "mlp_post": "mlp.hook_post",
+               "mlp_pre": "mlp.hook_pre", "mlp_in": "ln2.hook_normalized"}
+TOP_NAMES = {"embed": "hook_embed", "pos_embed": "hook_pos_embed", "logits": "hook_logits"}
 
 def canonical_name(name: str, layer: int | None = None, sub: str | None = None, n_layers: int | None = None) -> str:
     "Expand `('resid_post', 3)`, `('scale', 2, 'ln1')`, `('normalized', None, 'ln_final')` to a full hook name."
     if layer is None and sub is None:
-        if name in _TOP: return _TOP[name]
+        if name in TOP_NAMES: return TOP_NAMES[name]
         if name in ("scale", "normalized"): return f"ln_final.hook_{name}"
         return name
     if layer is not None and layer < 0:
@@ -341,9 +341,9 @@ def canonical_name(name: str, layer: int | None = None, sub: str | None = None, 
         sub = sub or "ln_final"
         return f"ln_final.hook_{name}" if sub == "ln_final" else f"blocks.{layer}.{sub}.hook_{name}"
     if name.startswith("blocks.") or "hook_" in name: return name
-    if name not in _SHORT:
-        raise ValueError(f"unknown short hook name {name!r}; known: {', '.join(sorted(_SHORT))}, scale, normalized")
-    return f"blocks.{layer}.{_SHORT[name]}"
+    if name not in SHORT_NAMES:
+        raise ValueError(f"unknown short hook name {name!r}; known: {', '.join(sorted(SHORT_NAMES))}, scale, normalized")
+    return f"blocks.{layer}.{SHORT_NAMES[name]}"
 
 def closest_names(name: str, names, n: int = 5) -> list[str]:
     "The valid names nearest to a mistyped one."

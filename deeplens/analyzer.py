@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Callable
 import numpy as np
 import torch
-from .model import HookedModel, load_model, _encode
+from .model import HookedModel, load_model
+from .sites import SITE_ALIASES, UnknownSiteError, check_layers, resolve, resolve_one
 from .lens import unembed_fn
 
 # %% auto #0
-__all__ = ['SITE_ALIASES', 'FORMATS', 'as_hooked', 'last_token_positions', 'ScoreResult', 'score', 'lens_logits', 'TraceResult',
-           'trace', 'ActivationRecord', 'save_activations', 'load_activations', 'compare_activations',
+__all__ = ['FORMATS', 'as_hooked', 'last_token_positions', 'ScoreResult', 'score', 'lens_logits', 'TraceResult', 'trace',
+           'ActivationRecord', 'save_activations', 'load_activations', 'compare_activations',
            'get_activation_statistics', 'ModelAnalyzer', 'LayerPredictions']
 
 # %% ../nbs/60_analyzer.ipynb #bb62e5f0
@@ -41,7 +42,7 @@ def _inputs(m: HookedModel, texts, attention_mask=None, padding_side=None, prepe
     else:
         if attention_mask is not None:
             raise ValueError("attention_mask is only for token-id inputs; texts are padded and masked by the tokenizer")
-        ids, mask = _encode(m, texts, prepend_bos, padding_side)
+        ids, mask = m.encode(texts, prepend_bos, padding_side)
     if ids.shape[1] == 0 or (mask.sum(-1) == 0).any():
         bad = [i for i, n in enumerate(mask.sum(-1).tolist() if ids.shape[1] else [0] * ids.shape[0]) if n == 0]
         raise ValueError(f"input row(s) {bad} have no tokens (empty text?); every text needs at least one token")
@@ -96,11 +97,6 @@ def score(model, texts, temperature: float | None = None, *, attention_mask=None
     return ScoreResult(logits, ids, mask, temperature)
 
 # %% ../nbs/60_analyzer.ipynb #1207000a
-SITE_ALIASES = {
-    "block_input": "hook_resid_pre", "attn_o_proj_pre": "attn.hook_z", "attn_output": "hook_attn_out",
-    "post_attn_residual": "hook_resid_mid", "mlp_input": "ln2.hook_normalized", "mlp_output": "hook_mlp_out",
-    "block_output": "hook_resid_post", "final_norm": "ln_final.hook_normalized",
-    "lm_head_input": "ln_final.hook_normalized", "logits": "hook_logits"}
 _MODEL_LEVEL = ("final_norm", "lm_head_input")
 
 def lens_logits(model, resid: torch.Tensor) -> torch.Tensor:
@@ -108,31 +104,13 @@ def lens_logits(model, resid: torch.Tensor) -> torch.Tensor:
     return unembed_fn(as_hooked(model))(resid)
 
 def _block_hook(m: HookedModel, site: str, l: int) -> str:
-    "Canonical hook name of a per-block site alias (or suffix) at layer l."
-    suffix = SITE_ALIASES.get(site, site)
+    "Canonical hook name of a per-block site alias (or suffix) at layer l, read by `deeplens.sites.resolve`."
     if site == "mlp_input" and f"blocks.{l}.ln2.hook_normalized" not in m.sites and f"blocks.{l}.ln1.hook_normalized" in m.sites \
             and m.cfg.parallel_attn_mlp and m.spec.ln2 is None:
-        suffix = "ln1.hook_normalized"     # GPT-J: attention and MLP share ln_1
-    name = f"blocks.{l}.{suffix}"
-    if name not in m.sites:
-        if site not in SITE_ALIASES and f"blocks.0.{suffix}" not in m.sites and name not in m.missing_sites:
-            raise ValueError(f"unknown trace site {site!r}; use one of {', '.join(SITE_ALIASES)} "
-                             "or a per-block hook suffix such as 'mlp.hook_post'")
-        try: m.site(name)
-        except ValueError as e: raise ValueError(f"trace site {site!r} ({name}): {e}") from None
-    return name
-
-def _layers(m: HookedModel, layers) -> list[int]:
-    n = m.cfg.n_layers
-    if layers is None: return list(range(n))
-    if isinstance(layers, int): layers = [layers]
-    out = []
-    for l in layers:
-        if isinstance(l, bool) or not isinstance(l, (int, np.integer)):
-            raise TypeError(f"layers must be ints, got {l!r}")
-        if not -n <= l < n: raise ValueError(f"layer {l} is out of range; this model has layers 0..{n - 1} (or -{n}..-1)")
-        out.append(int(l) % n)
-    return out
+        site = "ln1.hook_normalized"     # GPT-J: attention and MLP share ln_1
+    try: return resolve_one(m, site, l)
+    except UnknownSiteError as e: raise ValueError(f"unknown trace site {site!r}: {e}") from None
+    except ValueError as e: raise ValueError(f"trace site {site!r}: {e}") from None
 
 # %% ../nbs/60_analyzer.ipynb #2c5bbac0
 class TraceResult:
@@ -177,7 +155,7 @@ def trace(model, texts, layers=None, sites=("block_output", "final_norm", "logit
     if not sites: raise ValueError("sites is empty; e.g. sites=('block_output', 'logits')")
     for s in sites:
         if not isinstance(s, str): raise TypeError(f"sites are strings, got {s!r}")
-    ls = _layers(m, layers)
+    ls = check_layers(m, layers)
     ids, mask = _inputs(m, texts, attention_mask, padding_side, prepend_bos)
     wanted = {}
     for s in sites:
@@ -495,16 +473,15 @@ def _module_alias(m: HookedModel, name: str) -> str | None:
 def _extract(self: ModelAnalyzer, ids, mask, prompts, include_attention=False, return_logits=False,
              layers=None, sites=("hook_resid_post",)) -> list[ActivationRecord]:
     m = self.hooked
-    ls = _layers(m, layers)
+    ls = check_layers(m, layers)
     if isinstance(sites, str): sites = (sites,)
     names = []
     for s in sites:
         if not isinstance(s, str): raise TypeError(f"sites are hook names (strings), got {s!r}")
         whole = s.startswith("blocks.") or (s in m.sites or s in m.missing_sites)   # a full name, e.g. 'hook_embed'
-        names += [s] if whole else [f"blocks.{l}.{s}" for l in ls]
+        names += resolve(m, s) if whole else [resolve_one(m, s, l) for l in ls]
     names = list(dict.fromkeys(names))
     pat = [f"blocks.{l}.attn.hook_pattern" for l in ls] if include_attention else []
-    for n in names: m.site(n)
     out_logits, cache = m.run_with_cache(ids, names + pat, attention_mask=mask)
     logits = out_logits if return_logits else None
     meta = {"model": m.cfg.architecture, "n_layers": m.cfg.n_layers, "d_model": m.cfg.d_model}

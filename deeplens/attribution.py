@@ -7,8 +7,9 @@ from __future__ import annotations
 import math, warnings
 from dataclasses import dataclass
 import torch
-from .model import HookedModel, _encode
-from .patching import _token_ids, _check_layers, as_metric, _unembed_at
+from .model import HookedModel
+from .patching import token_ids, as_metric, unembed_at
+from .sites import check_layers
 
 # %% auto #0
 __all__ = ['DLAResult', 'direct_logit_attribution', 'IGResult', 'integrated_gradients', 'SentenceImportance',
@@ -71,7 +72,7 @@ class DLAResult:
 
 # %% ../nbs/44_attribution.ipynb #f4786852
 def _answer_ids(model, answer, n, what):
-    ids = _token_ids(model, answer, what)
+    ids = token_ids(model, answer, what)
     if ids.numel() not in (1, n): raise ValueError(f"{what}: give one token or one per prompt ({n}); got {ids.numel()}")
     return ids.expand(n) if ids.numel() == 1 else ids
 
@@ -86,7 +87,7 @@ def direct_logit_attribution(model: HookedModel, inputs, answer, contrast=None, 
     if getattr(model.hf.config, "final_logit_softcapping", None):
         raise ValueError("this model soft-caps its final logits (tanh), so logits are not a sum of parts: "
                          "direct logit attribution is not defined for it")
-    ids, mask = _encode(model, inputs, padding_side="left")    # left padding: position -1 is every prompt's last token
+    ids, mask = model.encode(inputs, padding_side="left")    # left padding: position -1 is every prompt's last token
     n, L = ids.shape[0], model.cfg.n_layers
     a = _answer_ids(model, answer, n, "answer")
     c = None if contrast is None else _answer_ids(model, contrast, n, "contrast")
@@ -182,7 +183,7 @@ def _with_embeddings(model, ids, emb, fn, pos: int | None = None):
     def put(act, hook): return emb
     kw = {"use_cache": False} if "use_cache" in model._fwd_params else {}
     b = emb.shape[0]
-    with model.hooks([("hook_embed", put)]), _unembed_at(model, pos):
+    with model.hooks([("hook_embed", put)]), unembed_at(model, pos):
         return fn(model(ids.expand(b, -1), **kw)[:b])
 
 def integrated_gradients(model: HookedModel, text, target, steps: int = 50, baseline="zero", pos: int = -1,
@@ -190,9 +191,9 @@ def integrated_gradients(model: HookedModel, text, target, steps: int = 50, base
                          power: float = 1.0, keep_first: bool = True) -> IGResult:
     """Per-token integrated gradients of the target's logit (log-prob, prob) at `pos`, with the completeness gap.
     `keep_first`: the baseline keeps the first token's embedding (the attention sink), which keeps the path smooth."""
-    ids = model.to_tokens(text) if isinstance(text, str) else _encode(model, text)[0]
+    ids = model.to_tokens(text) if isinstance(text, str) else model.encode(text)[0]
     if ids.shape[0] != 1: raise ValueError("integrated_gradients explains one input: pass one string or a [1, pos] id tensor")
-    t = int(_token_ids(model, target, "target")[0]) if not isinstance(target, int) else target
+    t = int(token_ids(model, target, "target")[0]) if not isinstance(target, int) else target
     if not 0 <= t < model.cfg.d_vocab: raise ValueError(f"target id {t} is out of range 0..{model.cfg.d_vocab - 1}")
     F = _output_fn(output, t, pos)
     with torch.no_grad(): _, cache = model.run_with_cache(ids, "hook_embed")
@@ -343,8 +344,8 @@ class NeuronAttribution:
 def neuron_attribution(model: HookedModel, inputs, answer=None, contrast=None, metric=None, layers=None, pos: int = -1) -> NeuronAttribution:
     "activation × ∂metric/∂activation at every MLP neuron (`mlp.hook_post`) of `layers`."
     if (answer is None) == (metric is None): raise ValueError("pass either answer= (with optional contrast=) or metric=fn(logits) -> scalar")
-    layers = _check_layers(model, layers)
-    ids, mask = _encode(model, inputs, padding_side="left")
+    layers = check_layers(model, layers)
+    ids, mask = model.encode(inputs, padding_side="left")
     if metric is None:
         a = _answer_ids(model, answer, ids.shape[0], "answer").to(model.device)
         c = None if contrast is None else _answer_ids(model, contrast, ids.shape[0], "contrast").to(model.device)

@@ -8,6 +8,7 @@ import json, os
 from pathlib import Path
 import torch
 from .adapters import canonical_name, closest_names
+from .sites import resolve_one, check_layer, check_layers, check_point
 from .hooks import apply_norm, norm_eps, norm_scale
 
 # %% auto #0
@@ -112,8 +113,10 @@ def _method(f):
 
 # %% ../nbs/02_cache.ipynb #0c212019
 def _name(self: ActivationCache, key) -> str:
-    "The full hook name for `key`: a name, or a tuple `(name, layer[, sub])` with short names allowed."
-    if isinstance(key, str): name, layer, sub = key, None, None
+    "The full hook name for `key`: a name, or a tuple `(name, layer[, sub])` with short names allowed (`deeplens.sites`)."
+    if isinstance(key, str):
+        if key in self.cache_dict: return key
+        name, layer, sub = key, None, None
     elif isinstance(key, tuple) and 1 <= len(key) <= 3 and isinstance(key[0], str):
         name, layer, sub = (tuple(key) + (None, None))[:3]
     else:
@@ -121,16 +124,17 @@ def _name(self: ActivationCache, key) -> str:
                         f"got {key!r}")
     grad = ""
     if name.endswith("_grad") and "hook_" not in name: name, grad = name[:-5], "_grad"
-    if layer is not None:
-        n = self.n_layers
-        layer = int(layer)
-        if not -n <= layer < n:
-            raise CacheKeyError(f"layer {layer} is out of range: this cache's model has layers 0..{n - 1} "
-                                f"(negative layers count from the end).")
-        layer %= n
-    try: full = canonical_name(name, layer, sub, self.n_layers)
-    except ValueError as e: raise CacheKeyError(str(e)) from None
+    try: full = self._resolve(name, layer, sub)
+    except ValueError as e:
+        if isinstance(key, str): return key      # `_missing` explains it, with the resolver's words
+        raise CacheKeyError(str(e)) from None
     return full + grad
+
+def _resolve(self: ActivationCache, name: str, layer, sub) -> str:
+    "One canonical name through the model's resolver; a cache loaded without its model only expands the short forms."
+    if self.model is not None:
+        return resolve_one(self.model, name if layer is None and sub is None else (name, layer, sub))
+    return canonical_name(name, None if layer is None else check_layer(self.n_layers, layer), sub)
 
 def _missing(self: ActivationCache, name: str, why: str = "") -> CacheKeyError:
     "A KeyError for a name that is not cached, listing what is nearest and how to cache it."
@@ -151,7 +155,7 @@ def _missing(self: ActivationCache, name: str, why: str = "") -> CacheKeyError:
                    "(names_filter=None caches every site).")
     return CacheKeyError("\n".join(msg))
 
-ActivationCache._name, ActivationCache._missing = _name, _missing
+ActivationCache._name, ActivationCache._resolve, ActivationCache._missing = _name, _resolve, _missing
 
 # %% ../nbs/02_cache.ipynb #25ad0347
 _RESIDUAL_LIKE = ("hook_embed", "hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "hook_logits")
@@ -177,26 +181,11 @@ ActivationCache.__repr__ = _repr
 # %% ../nbs/02_cache.ipynb #89b41d76
 def _upto(self: ActivationCache, layer) -> int:
     "A point in the residual stream, 0..n_layers (None and -1 mean n_layers: after the last block)."
-    n = self.n_layers
-    if layer is None: return n
-    layer = int(layer)
-    if layer < 0: layer += n + 1
-    if not 0 <= layer <= n:
-        raise ValueError(f"layer must be in 0..{n} (or -1..-{n + 1}, counting back from after the last block); "
-                         f"got {layer}")
-    return layer
+    return check_point(self.n_layers, layer)
 
 def _layer_list(self: ActivationCache, layers) -> list[int]:
-    n = self.n_layers
-    if layers is None: return list(range(n))
-    if isinstance(layers, int): return list(range(self._upto(layers)))
-    if isinstance(layers, slice): return list(range(n))[layers]
-    out = []
-    for l in layers:
-        l = int(l)
-        if not -n <= l < n: raise ValueError(f"layer {l} is out of range: this model has layers 0..{n - 1}")
-        out.append(l % n)
-    return out
+    "Layers of `stack`: None (all), a list or slice, or a bare int for every layer before that residual point."
+    return check_layers(self.n_layers, layers, upto=True)
 
 @_method
 def _stack(self: ActivationCache, name: str, layers=None, sub: str | None = None) -> torch.Tensor:

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import altair as alt
 from .charts import Chart
-from .analyzer import as_hooked, _layers
+from .analyzer import as_hooked
+from .sites import check_layers
 
 # %% auto #0
 __all__ = ['METHODS', 'pca', 'reduce_dimensions', 'plot_embeddings_2d', 'plot_embeddings_3d', 'compare_reduction_methods',
@@ -150,7 +151,7 @@ def plot_layer_embeddings(model, text, *rest, layer_indices=None, method: str = 
     m = as_hooked(model, tokenizer)
     if tokenizer is not None and m.tokenizer is None: m.tokenizer = tokenizer
     n = m.cfg.n_layers
-    ls = _layers(m, layer_indices if layer_indices is not None else sorted({round(i * (n - 1) / 3) for i in range(4)}))
+    ls = check_layers(m, layer_indices if layer_indices is not None else sorted({round(i * (n - 1) / 3) for i in range(4)}))
     _, cache = m.run_with_cache(text, [f"blocks.{l}.hook_resid_post" for l in ls])
     labels = m.to_str_tokens(text)
     acts = [cache[f"blocks.{l}.hook_resid_post"][0] for l in ls]

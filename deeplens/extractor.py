@@ -4,10 +4,10 @@
 
 # %% ../nbs/12_extractor.ipynb #5ea338ca
 from __future__ import annotations
-import operator, os, tempfile
+import os, tempfile
 from pathlib import Path
 import torch
-from .adapters import closest_names
+from .sites import UnknownSiteError, check_layer, resolve_one
 from .model import HookedModel, load_model
 from .corpus import corpus
 from .store import ActivationStore, _stop_layer
@@ -33,30 +33,18 @@ def as_hooked_model(hf_model=None, device: str = "auto") -> HookedModel:
 
 # %% ../nbs/12_extractor.ipynb #f55a4213
 def resolve_layer(layer, n_layers: int) -> int:
-    "`layer` as an index in `0..n_layers-1`; negative values count from the end."
-    if isinstance(layer, bool): raise TypeError(f"layer must be an int, got {layer!r}")
-    try: layer = operator.index(layer)
-    except TypeError: raise TypeError(f"layer must be an int, got {type(layer).__name__} {layer!r}") from None
-    if not -n_layers <= layer < n_layers:
-        raise ValueError(f"layer {layer} is out of range: this model has {n_layers} layers, "
-                         f"so use 0..{n_layers - 1} (or -{n_layers}..-1 counting from the end)")
-    return layer % n_layers
+    "`layer` as an index in `0..n_layers-1`; negative values count from the end (`deeplens.sites.check_layer`)."
+    return check_layer(n_layers, layer)
 
 # %% ../nbs/12_extractor.ipynb #82e315d4
 def resolve_hook(model: HookedModel, hook: str | None, layer: int) -> str:
-    "The canonical hook name for `hook` (full, or relative to block `layer`); None means `mlp.hook_post`."
+    "The canonical hook name for `hook` (any spelling `deeplens.sites.resolve` reads; relative to block `layer`); None means `mlp.hook_post`."
     if hook is None: hook = "mlp.hook_post"
     if not isinstance(hook, str): raise TypeError(f"a hook is a name (str), got {type(hook).__name__}")
-    if hook in model.sites: return hook
-    if hook.startswith("blocks.") or hook in model.missing_sites: model.site(hook)   # raises: bad layer, missing site, unknown
-    rel = f"blocks.{layer}.{hook}"
-    if rel in model.sites: return rel
-    if rel in model.missing_sites: model.site(rel)          # raises: the site does not exist on this architecture
-    in_block = [n.removeprefix(f"blocks.{layer}.") for n in model.sites if n.startswith(f"blocks.{layer}.")]
-    top = [n for n in model.sites if not n.startswith("blocks.")]
-    raise ValueError(f"unknown hook {hook!r}: give a full hook name (e.g. 'blocks.{layer}.mlp.hook_post') or one inside "
-                     f"block {layer} (e.g. 'mlp.hook_post'). Closest valid names: {', '.join(closest_names(hook, in_block + top))}. "
-                     "See model.hook_names() for all of them.")
+    try: return resolve_one(model, hook, layer)
+    except UnknownSiteError as e:
+        raise ValueError(f"unknown hook {hook!r}: give a full hook name (e.g. 'blocks.{layer}.mlp.hook_post') or one inside "
+                         f"block {layer} (e.g. 'mlp.hook_post'). {e}") from None
 
 # %% ../nbs/12_extractor.ipynb #416906ea
 def stop_layer(model: HookedModel, names) -> int | None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .model import HookedModel, _encode, _loss
+from .model import HookedModel, _loss
+from .sites import check_index, check_layers
 
 # %% auto #0
 __all__ = ['repeated_tokens', 'head_scores', 'induction_scores', 'previous_token_scores', 'duplicate_token_scores',
@@ -104,22 +105,16 @@ def top_heads(scores: torch.Tensor, k: int = 5) -> list[tuple[int, int, float]]:
     return [(int(i) // scores.shape[1], int(i) % scores.shape[1], float(flat[i])) for i in idx]
 
 # %% ../nbs/43_heads.ipynb #2db85a94
-def _check_layers(model: HookedModel, layers) -> list[int]:
-    n = model.cfg.n_layers
-    if layers is None: return list(range(n))
-    if isinstance(layers, int): layers = [layers]
-    out = []
-    for l in layers:
-        if isinstance(l, bool) or not isinstance(l, int): raise TypeError(f"layers must be ints, got {l!r}")
-        if not 0 <= l < n: raise ValueError(f"layer {l} is out of range; this model has layers 0..{n - 1}")
-        out.append(l)
+def _gated_layers(model: HookedModel, layers) -> list[int]:
+    "The layers to gate, sorted and unique (`deeplens.sites.check_layers`: negatives count from the end); never empty."
+    out = check_layers(model, layers, unique=True)
     if not out: raise ValueError("layers is empty; pass None to gate every layer")
-    return sorted(set(out))
+    return out
 
 def gate_hooks(model: HookedModel, gates: torch.Tensor, layers=None) -> list:
     """Forward hooks that scale head `h` of layer `layers[i]` by `gates[i, h]` at `attn.hook_z`.
     `gates`: `[len(layers), n_heads]` (default: every layer). Gates of exactly 1 leave the forward bit-identical."""
-    layers = _check_layers(model, layers)
+    layers = _gated_layers(model, layers)
     if gates.shape != (len(layers), model.cfg.n_heads):
         raise ValueError(f"gates must have shape [{len(layers)}, {model.cfg.n_heads}] (layers × heads), got {tuple(gates.shape)}")
     row = {l: i for i, l in enumerate(layers)}
@@ -182,7 +177,7 @@ class CausalHeadGating:
     "Fit CHG gates (G⁺ and G⁻) over the attention heads of a frozen model."
     def __init__(self, model: HookedModel, layers=None):
         if not isinstance(model, HookedModel): raise TypeError(f"CausalHeadGating needs a HookedModel (deeplens.load_model), got {type(model).__name__}")
-        self.model, self.layers = model, _check_layers(model, layers)
+        self.model, self.layers = model, _gated_layers(model, layers)
 
     def fit(self, texts, targets=None, num_masks: int = 1, num_updates: int = 100, num_reg_updates: int = 50,
             l1_weight: float = 0.1, lr: float = 0.1, batch_size: int = 8, clip: float = 5.0, seed: int = 0,
@@ -304,10 +299,8 @@ class CHGResult:
 
     def gate(self, layer: int, head: int) -> tuple[float, float]:
         "(G⁺, G⁻) of one head."
-        if not (isinstance(layer, int) and 0 <= layer < self.n_layers):
-            raise ValueError(f"layer {layer!r} is out of range; this result has layers 0..{self.n_layers - 1}")
-        if not (isinstance(head, int) and 0 <= head < self.n_heads):
-            raise ValueError(f"head {head!r} is out of range; this result has heads 0..{self.n_heads - 1}")
+        layer = check_index(layer, self.n_layers, "layer", f"this result has {self.n_layers} layers")
+        head = check_index(head, self.n_heads, "head", f"this result has {self.n_heads} heads")
         return float(self.G_plus[layer, head]), float(self.G_minus[layer, head])
 
     def roles(self, threshold: float = 0.5) -> list[list[str | None]]:

@@ -10,7 +10,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .model import HookedModel, _encode
+from .model import HookedModel
+from .sites import check_index, check_layers, check_positions
 
 # %% auto #0
 __all__ = ['unembed_fn', 'LensResult', 'logit_lens', 'convergence_chart', 'preservation_chart', 'TunedLens', 'lens_kl']
@@ -42,23 +43,10 @@ def unembed_fn(model: HookedModel):
     return unembed
 
 # %% ../nbs/40_lens.ipynb #dde5f973
-def _index_list(sel, n: int, what: str, hint: str) -> list[int]:
-    "Normalise an int / sequence / None selection of range(n) (negatives from the end) to sorted unique ints."
-    if sel is None: return list(range(n))
-    if isinstance(sel, range): sel = list(sel)
-    items = [sel] if isinstance(sel, int) else sel
-    if isinstance(items, torch.Tensor): items = items.reshape(-1).tolist()
-    try: items = list(items)
-    except TypeError: raise TypeError(f"{what} must be an int, a list of ints or None, got {type(sel).__name__}") from None
-    if not items: raise ValueError(f"{what}: the selection is empty; pass None for all {n} of them")
-    out = []
-    for i in items:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise TypeError(f"{what} must be ints, got {i!r} ({type(i).__name__})")
-        if not -n <= i < n:
-            raise ValueError(f"{what} {i} is out of range: {hint} 0..{n - 1} (negative indices count from the end)")
-        out.append(i % n)
-    return sorted(set(out))
+def _nonempty(sel: list[int], what: str, n: int) -> list[int]:
+    "A layer or position selection (checked by `deeplens.sites`), refused when it selects nothing."
+    if not sel: raise ValueError(f"{what}: the selection is empty; pass None for all {n} of them")
+    return sel
 
 def _encode_inputs(model: HookedModel, inputs, prepend_bos=None):
     "Token ids and attention mask, left-padded so position -1 is every text's last token."
@@ -68,7 +56,7 @@ def _encode_inputs(model: HookedModel, inputs, prepend_bos=None):
         raise ValueError("the input list is empty: pass a string, a list of strings or a tensor of token ids")
     if isinstance(inputs, torch.Tensor) and inputs.numel() == 0:
         raise ValueError("the token tensor is empty: the lens needs at least one token")
-    ids, mask = _encode(model, inputs, prepend_bos, padding_side="left")
+    ids, mask = model.encode(inputs, prepend_bos, padding_side="left")
     if ids.shape[-1] == 0: raise ValueError("the input has no tokens after tokenisation: the lens needs at least one")
     empty = (mask.sum(-1) == 0).nonzero().reshape(-1).tolist()
     if empty: raise ValueError(f"input text(s) {empty} are empty: every text needs at least one token")
@@ -223,10 +211,10 @@ def _run_lens(model: HookedModel, inputs, *, layers=None, positions=None, top_k:
     n = model.cfg.n_layers
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= model.cfg.d_vocab:
         raise ValueError(f"top_k must be an int in 1..{model.cfg.d_vocab}, got {top_k!r}")
-    ls = _index_list(layers, n, "layer", "this model has layers")
+    ls = _nonempty(check_layers(model, layers, unique=True), "layer", n)
     ids, mask = _encode_inputs(model, inputs, prepend_bos)
     T = ids.shape[1]
-    ps = _index_list(positions, T, "position", f"the input has {T} tokens, positions")
+    ps = _nonempty(check_positions(positions, T, unique=True), "position", T)
     names = [f"blocks.{l}.hook_resid_post" for l in ls]
     logits, cache = model.run_with_cache(ids, names, attention_mask=mask)
     unembed = unembed_fn(model)
@@ -415,9 +403,7 @@ class TunedLens:
 
     def translate(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         "Translate the residual after block `layer` into the final layer's basis (the last layer: unchanged)."
-        if not -self.n_layers <= layer < self.n_layers:
-            raise ValueError(f"layer {layer} is out of range: this lens has layers 0..{self.n_layers - 1}")
-        layer %= self.n_layers
+        layer = check_index(layer, self.n_layers, "layer", f"this lens has {self.n_layers} layers")
         if layer == self.n_layers - 1: return h
         t = self.translators[layer]
         return h + F.linear(h, t.weight.to(h.device, h.dtype), t.bias.to(h.device, h.dtype))

@@ -10,16 +10,16 @@ from pathlib import Path
 from typing import Callable, Iterable
 import torch
 from torch import nn
-from .adapters import (ModelConfig, ArchSpec, Site, arch_spec, model_config, site_table,
-                               canonical_name, closest_names)
+from .adapters import ModelConfig, ArchSpec, Site, arch_spec, model_config, site_table
+from .sites import resolve, resolve_one
 from .hooks import (Hook, SiteContext, AttentionSwitch, attach, attach_reader, has_hooks, apply_norm,
                             norm_eps, norm_scale, normalize, layer_of, head_results, softmax_pattern, _o_weight)
 from .cache import ActivationCache, LazyDict, _auto_keep_freed_memory, paused_gc
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'cache_dir', 'default_model_path', 'load_model', 'HookedModel', 'hooks', 'add_hook', 'reset_hooks',
-           'to_tokens', 'to_str_tokens', 'to_string', 'to_single_token', 'forward', 'run_with_hooks', 'Derived',
-           'derived_sites', 'run_with_cache', 'generate', 'norm_module']
+           'encode', 'to_tokens', 'to_str_tokens', 'to_string', 'to_single_token', 'forward', 'run_with_hooks',
+           'Derived', 'derived_sites', 'run_with_cache', 'generate', 'norm_module']
 
 # %% ../nbs/03_model.ipynb #78fa6d96
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -156,28 +156,14 @@ class HookedModel:
         return list(self.sites)
 
 # %% ../nbs/03_model.ipynb #ec1c2224
-def _site(self: HookedModel, name: str) -> Site:
-    if not isinstance(name, str): raise TypeError(f"hook names are strings, got {type(name).__name__}")
-    if name in self.sites: return self.sites[name]
-    if name in self.missing_sites:
-        raise ValueError(f"{name} does not exist on {self.cfg.architecture}: {self.missing_sites[name]}")
-    l = layer_of(name) if name.startswith("blocks.") and name.split(".")[1].isdigit() else None
-    if l is not None and not 0 <= l < self.cfg.n_layers:
-        raise ValueError(f"{name}: layer {l} is out of range; this model has layers 0..{self.cfg.n_layers - 1}.")
-    raise ValueError(f"unknown hook name {name!r}. Closest valid names: {', '.join(closest_names(name, self.sites))}. "
-                     "See model.hook_names() for all of them.")
+def _site(self: HookedModel, name) -> Site:
+    "The `Site` of the one hook `name` names (any spelling `deeplens.sites.resolve` reads)."
+    return self.sites[resolve_one(self, name)]
 
 def _names(self: HookedModel, spec) -> list[str]:
-    "Resolve a name, a list of names, or a predicate `name -> bool` to hook names."
-    if spec is None: return list(self.sites)
-    if callable(spec): return [n for n in self.sites if spec(n)]
-    if isinstance(spec, str): spec = [spec]
-    try: names = list(spec)
-    except TypeError:
-        raise TypeError(f"hook names are given as a name, a list of names, a function name -> bool, or None "
-                        f"(every site); got {type(spec).__name__} {spec!r}") from None
-    for n in names: _site(self, n)
-    return names
+    "Canonical hook names for `spec`: a name, a `(short, layer)` tuple, a predicate `name -> bool`, None, or a list (see `deeplens.sites.resolve`)."
+    if isinstance(spec, list) and all(type(n) is str and n in self.sites for n in spec): return list(spec)   # the common case, fast
+    return resolve(self, spec)
 
 HookedModel.site, HookedModel.names = _site, _names
 
@@ -219,8 +205,8 @@ def reset_hooks(self: HookedModel):
 HookedModel.hooks, HookedModel.add_hook, HookedModel.reset_hooks = hooks, add_hook, reset_hooks
 
 # %% ../nbs/03_model.ipynb #d258366f
-def _encode(self: HookedModel, inputs, prepend_bos=None, padding_side=None):
-    "→ (input_ids, attention_mask) on the model's device."
+def encode(self: HookedModel, inputs, prepend_bos=None, padding_side=None):
+    "Token ids and attention mask `[batch, pos]` on the model's device, for a string, a list of strings or a tensor of ids."
     if isinstance(inputs, torch.Tensor):
         if inputs.ndim not in (1, 2):
             raise ValueError(f"a token tensor is [pos] or [batch, pos]; got {inputs.ndim} dims, shape {tuple(inputs.shape)}")
@@ -250,7 +236,7 @@ def _encode(self: HookedModel, inputs, prepend_bos=None, padding_side=None):
 
 def to_tokens(self: HookedModel, inputs, prepend_bos=None, padding_side=None) -> torch.Tensor:
     "Token ids `[batch, pos]` for a string or list of strings."
-    return _encode(self, inputs, prepend_bos, padding_side)[0]
+    return encode(self, inputs, prepend_bos, padding_side)[0]
 
 def to_str_tokens(self: HookedModel, inputs, prepend_bos=None) -> list[str] | list[list[str]]:
     "Each token as a string (a list per text for a batch)."
@@ -274,8 +260,8 @@ def to_single_token(self: HookedModel, s: str) -> int:
                          "pick a single-token string (often with a leading space, e.g. ' Paris').")
     return ids[0]
 
-HookedModel.to_tokens, HookedModel.to_str_tokens, HookedModel.to_string, HookedModel.to_single_token = \
-    to_tokens, to_str_tokens, to_string, to_single_token
+HookedModel.encode, HookedModel.to_tokens, HookedModel.to_str_tokens, HookedModel.to_string, HookedModel.to_single_token = \
+    encode, to_tokens, to_str_tokens, to_string, to_single_token
 
 # %% ../nbs/03_model.ipynb #74a50960
 def _loss(logits, ids, mask, per_token=False):
@@ -315,7 +301,7 @@ def _check_ids(self: HookedModel, ids: torch.Tensor, mask: torch.Tensor, new_tok
 
 def _prepare(self: HookedModel, inputs, attention_mask=None, prepend_bos=None, padding_side=None, new_tokens: int = 0):
     "→ (input_ids, attention_mask) on the model's device, checked to be runnable (`_check_ids`)."
-    ids, mask = _encode(self, inputs, prepend_bos, padding_side)
+    ids, mask = encode(self, inputs, prepend_bos, padding_side)
     if attention_mask is not None: mask = attention_mask.to(self.device)
     _check_ids(self, ids, mask, new_tokens)
     return ids, mask

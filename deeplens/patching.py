@@ -8,17 +8,18 @@ import contextlib, copy, math, re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 import torch
-from .adapters import canonical_name
+from .adapters import SHORT_NAMES
+from .sites import check_heads, check_layer, check_layers, check_positions, parse_node, resolve
 from .hooks import _first_input, _with_first_input
-from .model import HookedModel, _encode
+from .model import HookedModel
 
 # %% auto #0
-__all__ = ['Metric', 'FnMetric', 'as_metric', 'LogitDiff', 'Prob', 'logit_diff', 'prob', 'KL', 'kl', 'NormalizedEffect',
-           'normalized_effect', 'Cell', 'PatchingResult', 'PatchingResults', 'activation_patching',
-           'PathPatchingResult', 'path_patching', 'attribution_patching', 'correlation']
+__all__ = ['token_ids', 'Metric', 'FnMetric', 'as_metric', 'LogitDiff', 'Prob', 'logit_diff', 'prob', 'KL', 'kl',
+           'NormalizedEffect', 'normalized_effect', 'Cell', 'PatchingResult', 'PatchingResults', 'unembed_at',
+           'activation_patching', 'PathPatchingResult', 'path_patching', 'attribution_patching', 'correlation']
 
 # %% ../nbs/41_patching.ipynb #25604178
-def _token_ids(model, tokens, what: str) -> torch.Tensor:
+def token_ids(model, tokens, what: str = "tokens") -> torch.Tensor:
     "One id (or one per prompt) from a string, an int, or a list/tensor of them."
     if isinstance(tokens, torch.Tensor): return tokens.long().reshape(-1)
     if isinstance(tokens, (int, str)): tokens = [tokens]
@@ -82,8 +83,8 @@ class _TokenMetric(Metric):
                                         for t in (answer, wrong)):
             self._ids = self._resolve(model)
     def _resolve(self, model):
-        a = _token_ids(model, self.answer, "answer")
-        w = None if self.wrong is None else _token_ids(model, self.wrong, "wrong")
+        a = token_ids(model, self.answer, "answer")
+        w = None if self.wrong is None else token_ids(model, self.wrong, "wrong")
         return a, w
     def bind(self, model=None, clean_logits=None, corrupted_logits=None):
         new = object.__new__(type(self)); new.__dict__.update(self.__dict__)
@@ -181,7 +182,7 @@ def _pair(model: HookedModel, clean, corrupted):
     "Token ids of the clean and corrupted inputs, checked to line up."
     out = []
     for what, x in (("clean", clean), ("corrupted", corrupted)):
-        ids, mask = _encode(model, x)
+        ids, mask = model.encode(x)
         if not bool((mask == 1).all()):
             raise ValueError(f"the {what} prompts tokenize to different lengths, so they were padded; patching needs "
                              "every prompt at the same length (token ids, or prompts of equal token count).")
@@ -195,58 +196,31 @@ def _pair(model: HookedModel, clean, corrupted):
                          "Make them tokenize to the same length (e.g. swap single-token names).")
     return c, r
 
-_SHORT = {"resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
-          "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "mlp_post": "mlp.hook_post", "post": "mlp.hook_post",
-          "z": "attn.hook_z", "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "result": "attn.hook_result",
-          "pattern": "attn.hook_pattern", "attn_scores": "attn.hook_attn_scores", "rot_q": "attn.hook_rot_q",
-          "rot_k": "attn.hook_rot_k"}
+_SHORT = {k: SHORT_NAMES[k] for k in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post", "post",
+                                     "z", "q", "k", "v", "result", "pattern", "attn_scores", "rot_q", "rot_k")}
 _HEAD_DIM = {"z": 2, "q": 2, "k": 2, "v": 2, "result": 2, "rot_q": 2, "rot_k": 2, "pattern": 1, "attn_scores": 1}
-_KV = ("k", "v", "rot_k")
 
-def _short(site: str) -> str:
-    "The short name of a per-block site ('resid_pre', 'z', 'blocks.3.attn.hook_z' → 'z')."
-    s = re.sub(r"^blocks\.\d+\.", "", site)
+def _short(model, site: str) -> str:
+    "The patching short name of a per-block site in any spelling ('resid_pre', 'z', 'blocks.3.attn.hook_z', 'block_output')."
+    s = re.sub(r"^blocks\.-?\d+\.", "", site)
     for k, v in _SHORT.items():
         if s in (k, v): return k
-    raise ValueError(f"unknown patching site {site!r}; use one of {', '.join(_SHORT)} "
-                     "(residual-like: resid_pre/mid/post, attn_out, mlp_out, mlp_post; per head: z, q, k, v, result, pattern, attn_scores)")
-
-def _n_heads(model, s): return model.cfg.n_kv_heads if s in _KV else model.cfg.n_heads
-
-def _check_layers(model, layers) -> list[int]:
-    n = model.cfg.n_layers
-    if layers is None: return list(range(n))
-    if isinstance(layers, int): layers = [layers]
-    out = []
-    for l in layers:
-        if not isinstance(l, int) or not -n <= l < n:
-            raise ValueError(f"layer {l!r} is out of range: this model has layers 0..{n - 1} (negative counts from the end)")
-        out.append(l % n)
-    return out
-
-def _check_heads(model, s, heads) -> list[int]:
-    h = _n_heads(model, s)
-    if heads is None: return list(range(h))
-    if isinstance(heads, int): heads = [heads]
-    for x in heads:
-        if not isinstance(x, int) or not 0 <= x < h:
-            kind = "key/value heads" if s in _KV and h != model.cfg.n_heads else "heads"
-            raise ValueError(f"head {x!r} is out of range for site {s!r}: this model has {h} {kind} (0..{h - 1})")
-    return list(heads)
+    try: suffix = re.sub(r"^blocks\.\d+\.", "", resolve(model, site)[0])
+    except ValueError as e: suffix, why = None, f" {e}"
+    else: why = ""
+    short = next((k for k, v in _SHORT.items() if v == suffix), None)
+    if short is None:
+        raise ValueError(f"unknown patching site {site!r}; use one of {', '.join(_SHORT)} (residual-like: resid_pre/mid/post, "
+                         f"attn_out, mlp_out, mlp_post; per head: z, q, k, v, result, pattern, attn_scores).{why}")
+    return short
 
 def _check_positions(positions, n_pos) -> list[int] | None:
-    "None for 'all' (patch every position at once), else the list of positions patched one at a time."
+    "None for 'all' (patch every position at once), else the list of positions patched one at a time ('each': all of them)."
     if positions == "all": return None
-    if positions == "each": return list(range(n_pos))
-    if isinstance(positions, int): positions = [positions]
-    if isinstance(positions, str) or not isinstance(positions, (list, tuple, range)):
+    if isinstance(positions, str) and positions != "each":
         raise ValueError(f"positions must be 'each', 'all', or a list of positions; got {positions!r}")
-    out = []
-    for p in positions:
-        if not isinstance(p, int) or not -n_pos <= p < n_pos:
-            raise ValueError(f"position {p!r} is out of range for inputs of {n_pos} tokens")
-        out.append(p % n_pos)
-    return out
+    return check_positions(None if positions == "each" else positions, n_pos)
+
 
 # %% ../nbs/41_patching.ipynb #66bf8f00
 @dataclass(frozen=True)
@@ -261,7 +235,7 @@ class Cell:
 def _cells(model, sites, layers, positions, heads) -> list[Cell]:
     out = []
     for s in sites:
-        hs = _check_heads(model, s, heads) if s in _HEAD_DIM else [None]
+        hs = check_heads(model, heads, s) if s in _HEAD_DIM else [None]
         for l in layers:
             for h in hs:
                 for p in (positions if positions is not None else [None]):
@@ -379,9 +353,9 @@ def _baselines(model, clean_ids, corr_ids, names):
 def _plan(model, clean, corrupted, sites, positions, heads, layers):
     "Checked inputs of a patching run: short site names, the token pair, layers, positions, cells and their hooks."
     if isinstance(sites, str): sites = (sites,)
-    sites = [_short(s) for s in sites]
+    sites = [_short(model, s) for s in sites]
     clean_ids, corr_ids = _pair(model, clean, corrupted)
-    layers = _check_layers(model, layers)
+    layers = check_layers(model, layers)
     pos_list = _check_positions(positions, clean_ids.shape[1])
     cells = _cells(model, sites, layers, pos_list, heads)
     names = list(dict.fromkeys(c.hook_name() for c in cells))
@@ -431,7 +405,7 @@ def _start_at(model, layer: int, resid: torch.Tensor | None):
 _MIN_ROWS = 16   # MKL rounds matmuls of a few rows differently from larger ones: padding keeps results bit-identical there (to rounding elsewhere)
 
 @contextlib.contextmanager
-def _unembed_at(model, pos: int | None):
+def unembed_at(model, pos: int | None):
     "Inside: the unembedding sees only position `pos` (all positions when None), padded with zero rows to `_MIN_ROWS` rows."
     if pos is None:
         yield; return
@@ -477,7 +451,7 @@ def activation_patching(model: HookedModel, clean, corrupted, metric, sites=("re
             hooks = [(name, _writer(cr_, src[name], N)) for name, cr_ in groups.items()]
             first = min(c.layer for c in chunk)
             with torch.no_grad(), _start_at(model, first, None if prefix is None else prefix.get(first)), \
-                 _unembed_at(model, pos), model.hooks(hooks):
+                 unembed_at(model, pos), model.hooks(hooks):
                 logits = model(base_ids.repeat(len(chunk), 1), **kw)[:len(chunk) * N]   # drop the padding rows
             vals[idx] = m_run(logits).float().reshape(len(chunk), N).mean(1).cpu()
             bar.update(len(chunk))
@@ -492,7 +466,7 @@ def _assemble(model, cells, vals, sites, layers, pos_list, heads, clean_ids, m, 
         cv, rv = m(lc).float().mean().item(), m(lr).float().mean().item()
     out, i = PatchingResults(), 0
     for s in sites:
-        hs = _check_heads(model, s, heads) if s in _HEAD_DIM else None
+        hs = check_heads(model, heads, s) if s in _HEAD_DIM else None
         dims, coords = ["layer"], {"layer": list(layers)}
         if pos_list is not None: dims.append("pos"); coords["pos"] = list(pos_list)
         if hs is not None: dims.append("head"); coords["head"] = hs
@@ -505,18 +479,12 @@ def _assemble(model, cells, vals, sites, layers, pos_list, heads, clean_ids, m, 
     return out[sites[0]] if len(sites) == 1 else out
 
 # %% ../nbs/41_patching.ipynb #3d40354c
-_NODE_RE = [(re.compile(r"^L(\d+)H(\d+)$"), lambda m: ("z", int(m[1]), int(m[2]))),
-            (re.compile(r"^L(\d+)H(\d+)\.([qkv])$"), lambda m: (m[3], int(m[1]), int(m[2]))),
-            (re.compile(r"^attn(\d+)$"), lambda m: ("attn_out", int(m[1]))),
-            (re.compile(r"^mlp(\d+)$"), lambda m: ("mlp_out", int(m[1]))),
-            (re.compile(r"^mlp(\d+)\.in$"), lambda m: ("mlp_in", int(m[1])))]
-
 def _node(model, node, role: str) -> tuple:
     "Parse and check a sender/receiver node → ('z', l, h) | ('attn_out', l) | ('mlp_out', l) | ('q'|'k'|'v', l, h) | ('mlp_in', l) | ('logits',)."
     if isinstance(node, str):
         if node == "logits": t = ("logits",)
         else:
-            t = next((f(m) for rx, f in _NODE_RE if (m := rx.match(node))), None)
+            t = parse_node(node)
             if t is None: raise ValueError(f"cannot read {role} node {node!r}; write e.g. 'L3H4', 'attn3', 'mlp3' "
                                            "(senders) or 'L5H1.q', 'mlp5', 'logits' (receivers), or tuples like ('z', 3, 4)")
             if role == "receiver" and t[0] == "mlp_out": t = ("mlp_in", t[1])
@@ -526,9 +494,8 @@ def _node(model, node, role: str) -> tuple:
     if t[0] == "logits": return t
     need = 3 if t[0] in ("z", "q", "k", "v") else 2
     if len(t) != need: raise ValueError(f"{role} node {node!r} needs {need - 1} numbers (layer{', head' if need == 3 else ''})")
-    _check_layers(model, [t[1]])
-    t = (t[0], t[1] % model.cfg.n_layers) + t[2:]
-    if need == 3: _check_heads(model, t[0], [t[2]])
+    t = (t[0], check_layer(model, t[1])) + t[2:]
+    if need == 3: t = t[:2] + (check_heads(model, t[2], t[0])[0],)
     if t[0] == "mlp_in" and f"blocks.{t[1]}.ln2.hook_normalized" not in model.sites:
         raise ValueError(f"receiver {node!r}: this architecture has no separate MLP input norm (ln2), so the MLP's input cannot be patched apart from attention's")
     return t
@@ -673,7 +640,7 @@ def attribution_patching(model: HookedModel, clean, corrupted, metric, sites=("r
     with torch.no_grad(): base = m(lr).float().mean().item()
     vals = torch.empty(len(cells))
     for name in names:
-        site = _short(name)
+        site = _short(model, name)
         d = (cc[name].float() - cr[name].float()) * cr[name + "_grad"].float()       # [batch, ...]
         d = d.sum(-1)                                  # over d_model / d_head / key positions
         if site in ("pattern", "attn_scores"): d = d.transpose(1, 2)   # [batch, q_pos, head]

@@ -8,20 +8,14 @@ import contextlib, json, math, os
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
-from .model import HookedModel, _encode, _loss
+from .model import HookedModel, _loss
+from .sites import check_layer
 
 # %% auto #0
 __all__ = ['default_layer', 'SteeringVector', 'SteeringHook', 'generate_with_steering', 'SteeringEvaluation', 'evaluate_steering']
 
 # %% ../nbs/42_steering.ipynb #83f5eb91
 _SITES = ("resid_pre", "resid_mid", "resid_post")
-
-def _check_layer(model: HookedModel, layer) -> int:
-    n = model.cfg.n_layers
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise TypeError(f"layer must be an int in 0..{n - 1}, got {type(layer).__name__}")
-    if not 0 <= layer < n: raise ValueError(f"layer {layer} is out of range; this model has layers 0..{n - 1}")
-    return layer
 
 def _coefficient(c, what: str) -> float:
     "`c` as a float; a nan or inf coefficient would make every later activation nan, so it is refused here."
@@ -49,7 +43,7 @@ def _texts(x, what: str) -> list[str]:
 
 def _residuals(model: HookedModel, texts: list[str], name: str):
     "Residuals at `name` for `texts`: ([batch, pos, d_model], attention mask [batch, pos])."
-    ids, mask = _encode(model, texts, padding_side="right")
+    ids, mask = model.encode(texts, padding_side="right")
     _, cache = model.run_with_cache(ids, [name], attention_mask=mask)
     return cache[name].float(), mask
 
@@ -94,7 +88,7 @@ def _from_contrast(cls, model: HookedModel, positive, negative, layer: int | Non
     """CAA: `mean(resid(positive)) − mean(resid(negative))` at `blocks.{layer}.hook_{site}`, reading each prompt's
     last token (`read_positions="last"`) or its mean over tokens (`"mean"`)."""
     pos, neg = _texts(positive, "positive"), _texts(negative, "negative")
-    layer = default_layer(model) if layer is None else _check_layer(model, layer)
+    layer = default_layer(model) if layer is None else check_layer(model, layer)
     if read_positions not in ("last", "mean"): raise ValueError(f"read_positions must be 'last' or 'mean', got {read_positions!r}")
     if site not in _SITES: raise ValueError(f"site must be one of {_SITES}, got {site!r}")
     name = f"blocks.{layer}.hook_{site}"
@@ -122,7 +116,7 @@ def _from_prompts(cls, model: HookedModel, plus: str, minus: str, layer: int | N
     "ActAdd: `resid(plus) − resid(minus)` position by position, a `[n_pos, d_model]` block added at the start."
     if not isinstance(plus, str) or not isinstance(minus, str) or not plus or not minus:
         raise ValueError("from_prompts takes two non-empty strings, plus and minus (e.g. 'Love', 'Hate')")
-    layer = default_layer(model) if layer is None else _check_layer(model, layer)
+    layer = default_layer(model) if layer is None else check_layer(model, layer)
     if site not in _SITES: raise ValueError(f"site must be one of {_SITES}, got {site!r}")
     a, b = model.to_tokens(plus)[0], model.to_tokens(minus)[0]
     n = max(len(a), len(b))
@@ -180,7 +174,7 @@ def _applied(self: SteeringVector, model: HookedModel, coef: float = 1.0, positi
     with model.hooks([self.hook(coef, positions, prompt_len)]): yield model
 
 def _check(self: SteeringVector, model: HookedModel):
-    _check_layer(model, self.layer)
+    check_layer(model, self.layer)
     if self.d_model != model.cfg.d_model:
         raise ValueError(f"this vector has d_model={self.d_model} but the model has d_model={model.cfg.d_model}; "
                          "it was built from a different model")
@@ -275,7 +269,7 @@ def _target_ids(model: HookedModel, target_tokens) -> list[int]:
     return [t if isinstance(t, int) else model.to_single_token(t) for t in target_tokens]
 
 def _last_probs(model, prompts, ids, hooks):
-    toks, mask = _encode(model, prompts, padding_side="left")
+    toks, mask = model.encode(prompts, padding_side="left")
     with torch.no_grad(), model.hooks(hooks):
         logits = model(toks, attention_mask=mask)
     return torch.softmax(logits[:, -1].float(), -1)[:, ids].sum(-1).cpu()
@@ -285,7 +279,7 @@ def _perplexity(model, texts, hooks, batch_size=8):
     with torch.no_grad(), model.hooks(hooks):
         for i in range(0, len(texts), batch_size):
             chunk = texts[i:i + batch_size]
-            toks, mask = _encode(model, chunk, padding_side="right")
+            toks, mask = model.encode(chunk, padding_side="right")
             nll += float(_loss(model(toks, attention_mask=mask), toks, mask, per_token=True).sum())
             n += int(mask[:, 1:].sum())
     return float(torch.tensor(nll / max(n, 1)).exp())

@@ -202,7 +202,8 @@ def test_save_load(tmp_path, toy_fit):
 def test_errors(toy, toy_data, toy_fit, smol):
     _, texts, targets = toy_data
     with pytest.raises(ValueError, match="layer 2 is out of range"): CausalHeadGating(toy, layers=[2])
-    with pytest.raises(ValueError, match="layer -1 is out of range"): CausalHeadGating(toy, layers=-1)
+    assert CausalHeadGating(toy, layers=-1).layers == [toy.cfg.n_layers - 1]      # Python's rule: -1 is the last layer
+    with pytest.raises(ValueError, match="layer -3 is out of range"): CausalHeadGating(toy, layers=-3)
     with pytest.raises(ValueError, match="layer 5 is out of range"): toy_fit.gate(5, 0)
     with pytest.raises(ValueError, match="head 4 is out of range"): toy_fit.gate(1, 4)
     assert toy_fit.gate(1, 2) == (float(toy_fit.G_plus[1, 2]), float(toy_fit.G_minus[1, 2]))

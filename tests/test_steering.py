@@ -201,7 +201,7 @@ def test_overflowing_coefficient_is_named_by_generate(smol):
 
 def test_errors(smol, tiny):
     with pytest.raises(ValueError, match="out of range"): SteeringVector.from_contrast(smol, POS, NEG, layer=30)
-    with pytest.raises(ValueError, match="out of range"): SteeringVector.from_prompts(smol, "Love", "Hate", layer=-1)
+    with pytest.raises(ValueError, match="out of range"): SteeringVector.from_prompts(smol, "Love", "Hate", layer=-31)
     with pytest.raises(TypeError, match="layer must be an int"): SteeringVector.from_contrast(smol, POS, NEG, layer="3")
     with pytest.raises(ValueError, match="read_positions"): SteeringVector.from_contrast(smol, POS, NEG, layer=3, read_positions="first")
     with pytest.raises(ValueError, match="positive"): SteeringVector.from_contrast(smol, [], NEG, layer=3)
