@@ -17,7 +17,8 @@ from .sae import SparseAutoencoder
 
 # %% auto #0
 __all__ = ['FeatureStats', 'feature_stats', 'activation_histogram', 'context_tokens', 'max_activating_examples', 'token_class',
-           'feature_coherence', 'feature_logits', 'FeatureSummary', 'feature_summary']
+           'feature_coherence', 'feature_logits', 'FeatureSummary', 'feature_summary', 'FeatureOverview',
+           'feature_overview', 'feature_card']
 
 # %% ../nbs/30_features.ipynb #2ddee4f9
 def _store_hook(sae: SparseAutoencoder, store: ActivationStore, hook: str | None) -> str:
@@ -295,3 +296,81 @@ def feature_summary(sae: SparseAutoencoder, store: ActivationStore, feature: int
     h = {"counts": hist["counts"][0], "edges": hist["edges"][0], "zeros": int(hist["zeros"][0])}
     return FeatureSummary(f, hook, stats.n_tokens, float(stats.density[f]), float(stats.mean_activation[f]),
                           float(stats.mean_active[f]), float(stats.max_activation[f]), h, ex, top, bot)
+
+# %% ../nbs/30_features.ipynb #a1f0c002
+@dataclass
+class FeatureOverview:
+    "Every feature of an SAE over a store, computed once: statistics, activation histograms, the density histogram."
+    hook: str
+    stats: FeatureStats
+    histogram: dict                    # activation_histogram of every feature
+    density_counts: np.ndarray         # histogram of log10 density over the live features
+    density_edges: np.ndarray
+    n_dead: int
+
+    def __repr__(self):
+        return (f"FeatureOverview({len(self.stats.density)} features @ {self.hook}, {self.stats.n_tokens:,} tokens, "
+                f"{self.n_dead} dead, {self.histogram['counts'].shape[1]} histogram bins)")
+
+def feature_overview(sae: SparseAutoencoder, store: ActivationStore, hook: str | None = None, *, k: int = 10,
+                     bins: int = 30, density_bins: int = 30, stats: FeatureStats | None = None,
+                     progress: bool = True) -> FeatureOverview:
+    """One `feature_stats` pass (skipped when `stats` covers `hook` with ≥ `k` top rows) and one `activation_histogram`
+    pass over `store`, plus the histogram of log10 density over the live features."""
+    hook = _store_hook(sae, store, hook)
+    stats = _reuse_stats(sae, store, hook, k, stats, progress)
+    hist = activation_histogram(sae, store, None, bins, stats.max_activation, hook, progress=progress)
+    d = stats.density.numpy()
+    live = np.log10(d[d > 0])
+    lo, hi = (float(live.min()), float(live.max())) if live.size else (-1.0, 0.0)
+    counts, edges = np.histogram(live, bins=density_bins, range=(lo, hi if hi > lo else lo + 1))
+    return FeatureOverview(hook, stats, hist, counts, edges, int((d == 0).sum()))
+
+# %% ../nbs/30_features.ipynb #a1f0c005
+def _window_activations(sae, store, hook, feature, ex, window: int, decode) -> tuple[list[dict], np.ndarray]:
+    "Token rows around each example of `ex` and `feature`'s activation on each token, read back from the store."
+    n, items, want = len(store), [], []                # want: (example, column, store row)
+    for i, e in enumerate(ex.itertuples()):
+        ids, p = e.context_tokens.tolist(), e.context_pos
+        lo, hi = max(0, p - window), min(len(ids), p + window + 1)
+        items.append({"rank": int(e.rank), "value": float(e.value), "row": int(e.row), "doc": int(e.doc),
+                      "tokens": [decode([j]) for j in ids[lo:hi]], "center": p - lo})
+        cand = np.arange(max(0, e.row - (p - lo)), min(n, e.row + (hi - p)))
+        ti = store.token_index(cand)
+        same = (ti["context"] == e.context) & (ti["context_pos"] >= lo) & (ti["context_pos"] < hi)
+        want += [(i, int(c) - lo, int(r)) for r, c in zip(cand[same], ti["context_pos"][same])]
+    acts = np.full((len(items), max([len(it["tokens"]) for it in items], default=0)), np.nan, np.float32)
+    if want:
+        was = sae.training; sae.eval()
+        try:
+            with torch.no_grad():
+                x = store.get([w[2] for w in want], hook).to(sae.W_enc.device)
+                z = sae.encode(x)[:, feature].float().cpu().numpy()
+        finally: sae.train(was)
+        for (i, c, _), v in zip(want, z): acts[i, c] = v
+    return items, acts
+
+def feature_card(sae: SparseAutoencoder, store: ActivationStore, feature: int, model: HookedModel | None = None, *,
+                 overview: FeatureOverview | None = None, k: int = 10, window: int = 8, hook: str | None = None,
+                 progress: bool = True) -> dict:
+    """Everything a browser shows about `feature` → `{'feature', 'hook', 'info', 'histogram', 'examples' (DataFrame),
+    'rows' (token rows), 'acts' [n_rows, width], 'top_logits', 'bottom_logits'}`. Pass `overview` (from
+    `feature_overview`) to read only this feature's rows; without it the store is passed over first."""
+    hook = _store_hook(sae, store, hook if overview is None else overview.hook)
+    (f,) = _check_features(sae, [feature])
+    if overview is None: overview = feature_overview(sae, store, hook, k=k, progress=progress)
+    s, h = overview.stats, overview.histogram
+    tok = model.tokenizer if model is not None and model.tokenizer is not None else store.tokenizer
+    ex = max_activating_examples(sae, store, f, k, window, stats=s, hook=hook, progress=False)
+    rows, acts = _window_activations(sae, store, hook, f, ex, window, tok.decode)
+    top, bot = [], []
+    if model is not None:
+        lg = feature_logits(sae, model, [f], k, hook=hook)[0]
+        dec = lambda ids, vs: [{"token": tok.decode([int(i)]), "id": int(i), "value": float(v)} for i, v in zip(ids.tolist(), vs.tolist())]
+        top, bot = dec(lg["top_tokens"], lg["top_values"]), dec(lg["bottom_tokens"], lg["bottom_values"])
+    info = {"density": float(s.density[f]), "mean_activation": float(s.mean_activation[f]),
+            "mean_active": float(s.mean_active[f]), "max_activation": float(s.max_activation[f]),
+            "n_tokens": int(s.n_tokens), "hook": hook}
+    hist = {"counts": h["counts"][f], "edges": h["edges"][f], "zeros": int(h["zeros"][f])}
+    return {"feature": f, "hook": hook, "info": info, "histogram": hist, "examples": ex, "rows": rows, "acts": acts,
+            "top_logits": top, "bottom_logits": bot}

@@ -5,7 +5,7 @@ an SAE feature explorer and a steering panel."""
 
 # %% ../nbs/52_widgets.ipynb #ca901f06
 from __future__ import annotations
-import math, threading, warnings
+import json, math, threading, warnings
 from importlib.resources import files
 from pathlib import Path
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 import anywidget
 import traitlets as t
 from transformers import StoppingCriteria, StoppingCriteriaList
-from .style import visible_whitespace
+from .style import visible_whitespace, rgb, POSITIVE, NEUTRAL, NEGATIVE
 _all_ = ["visible_whitespace"]
 
 # %% auto #0
@@ -21,12 +21,28 @@ __all__ = ['MAX_NEW_TOKENS', 'f32_bytes', 'f32_array', 'TokenHeatmap', 'LogitLen
            'FeatureExplorer', 'SteeringPanel', 'visible_whitespace']
 
 # %% ../nbs/52_widgets.ipynb #46c33a39
-def _js(name: str) -> Path:
-    "Path of a view's ES module inside the installed package."
-    p = Path(str(files("deeplens") / "js" / name))
-    if not p.is_file(): raise FileNotFoundError(f"deeplens widget script {p} is missing: reinstall deeplens")
-    return p
+_JS = files("deeplens") / "js"
 
+def _asset(name: str) -> str:
+    "The text of a hand-written view asset (`deeplens/js/<name>`) inside the installed package."
+    p = Path(str(_JS / name))
+    if not p.is_file(): raise FileNotFoundError(f"deeplens widget asset {p} is missing: reinstall deeplens")
+    return p.read_text(encoding="utf-8")
+
+def _palette_js() -> str:
+    "The palette of `deeplens.style` as the kit's `PALETTE` constant: one source for every view's colours."
+    cols = {"positive": rgb(POSITIVE), "neutral": rgb(NEUTRAL), "negative": rgb(NEGATIVE)}
+    return f"// from deeplens.style\nconst PALETTE = {json.dumps({k: list(v) for k, v in cols.items()})};\n"
+
+def _esm_of(view: str) -> str:
+    "A view's ES module as the browser gets it: the palette, the kit (`kit.js`), then the view's own `<view>.js`."
+    return _palette_js() + _asset("kit.js") + "\n" + _asset(f"{view}.js")
+
+def _css_of(view: str) -> str:
+    "A view's stylesheet: the kit's rules (`kit.css`, JupyterLab theme variables), then the view's own `<view>.css`."
+    return _asset("kit.css") + "\n" + _asset(f"{view}.css")
+
+# %% ../nbs/52_widgets.ipynb #6f5d861d
 def _array(x, name: str) -> np.ndarray:
     "A float32 numpy copy of a tensor / array / nested list, with a clear error for anything else."
     if isinstance(x, torch.Tensor): x = x.detach().to("cpu", torch.float32).numpy()
@@ -43,6 +59,7 @@ def f32_array(buf, shape) -> np.ndarray:
     "Decode a float32 buffer sent by a view back into an array of `shape`."
     return np.frombuffer(bytes(buf), dtype="<f4").reshape(shape)
 
+# %% ../nbs/52_widgets.ipynb #984b037b
 def _check_count(v, name: str, lo: int = 1) -> int:
     "`v` as an int ≥ `lo`, or a ValueError naming it."
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
@@ -80,9 +97,10 @@ def _scale(v: np.ndarray, vmin, vmax) -> tuple[float, float]:
                          "pass vmin= too")
     return lo, hi
 
+# %% ../nbs/52_widgets.ipynb #9f361ed8
 class TokenHeatmap(_View):
     "Tokens coloured by a value per token; `values` is `[n_tokens]` or `[n_rows, n_tokens]`."
-    _esm = _js("token_heatmap.js")
+    _esm, _css = _esm_of("token_heatmap"), _css_of("token_heatmap")
     _from_frontend = ("row",)
     tokens = t.List(t.Unicode()).tag(sync=True)     # raw; the view draws them with visible whitespace
     values = t.Bytes(b"").tag(sync=True)            # float32 [rows, n_tokens]
@@ -153,7 +171,7 @@ class TokenHeatmap(_View):
 # %% ../nbs/52_widgets.ipynb #66439d46
 class LogitLensView(_View):
     "Layer × position grid of a `LensResult`'s top tokens; click a cell for its top-k."
-    _esm = _js("logit_lens.js")
+    _esm, _css = _esm_of("logit_lens"), _css_of("logit_lens")
     _from_frontend = ("batch",)
     title = t.Unicode("").tag(sync=True)
     layers = t.List(t.Int()).tag(sync=True)
@@ -233,9 +251,40 @@ class LogitLensView(_View):
         return f"LogitLensView({L} layers × {P} positions, input {self.batch} of {self.batch_size})\n" + self.result.grid(self.batch)
 
 # %% ../nbs/52_widgets.ipynb #37a6d5a4
+def _layer_list(layers, n: int) -> list[int]:
+    "Sorted distinct layer indices (negative ones count from the end); out of range is an error, not a wrap-around."
+    ls = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
+    for l in ls:
+        if isinstance(l, bool) or not isinstance(l, (int, np.integer)) or not -n <= l < n:
+            raise ValueError(f"layer {l!r} is out of range: the model has {n} layers (0..{n - 1}, or negative from the end)")
+    if not ls: raise ValueError("layers is empty: give at least one layer")
+    return sorted({int(l) % n for l in ls})
+
+def _query_range(positions, T: int) -> range:
+    "The query positions a `positions` slice keeps (all of them for None); contiguous and non-empty."
+    if positions is None: return range(T)
+    if not isinstance(positions, slice): raise TypeError(f"positions must be a slice such as slice(-64, None), got {type(positions).__name__}")
+    qs = range(T)[positions]
+    if qs.step != 1 or not len(qs): raise ValueError(f"positions {positions} must pick a non-empty run of positions (step 1) of the {T}-token input")
+    return qs
+
+def _check_attention_size(cls, n_layers: int, H: int, Q: int, K: int, warn: bool = True) -> None:
+    "Refuse patterns too large to draw and warn about ones that take much memory, saying how to narrow them."
+    mb = 4 * n_layers * H * Q * K / 2**20
+    size = f"{mb:,.0f} MB" if mb >= 10 else f"{mb:.2g} MB"
+    what = f"{n_layers} layer(s) × {H} heads × {Q} queries × {K} keys of float32 patterns take {size}"
+    narrow = ("narrow it: AttentionView.from_model(model, text, layers=[...], positions=slice(-128, None)) keeps the "
+              "chosen layers and the last 128 query rows (or pass sliced patterns with query_start=)")
+    if Q * K > cls.max_cells:
+        raise ValueError(f"the view draws q × k = {Q * K:,} cells per head, more than AttentionView.max_cells = "
+                         f"{cls.max_cells:,}; {what}. To see it, {narrow}")
+    if warn and mb * 2**20 > cls.warn_bytes:
+        warnings.warn(f"AttentionView: {what}; to hold less, {narrow}", stacklevel=3)
+
+# %% ../nbs/52_widgets.ipynb #dee5b74a
 class AttentionView(_View):
     "Layer/head pickers over attention patterns `{layer: [n_heads, q, k]}`, with optional head-score badges."
-    _esm = _js("attention.js")
+    _esm, _css = _esm_of("attention"), _css_of("attention")
     _from_frontend = ("layer", "head")
     max_cells = 512 * 512            # query × key cells per head the view draws as SVG; more is refused
     warn_bytes = 256 * 2**20         # patterns held in Python beyond this warn
@@ -358,36 +407,6 @@ class AttentionView(_View):
         if Q > 6: lines.append(f"  ... {Q - 6} more queries")
         return "\n".join(lines)
 
-def _layer_list(layers, n: int) -> list[int]:
-    "Sorted distinct layer indices (negative ones count from the end); out of range is an error, not a wrap-around."
-    ls = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
-    for l in ls:
-        if isinstance(l, bool) or not isinstance(l, (int, np.integer)) or not -n <= l < n:
-            raise ValueError(f"layer {l!r} is out of range: the model has {n} layers (0..{n - 1}, or negative from the end)")
-    if not ls: raise ValueError("layers is empty: give at least one layer")
-    return sorted({int(l) % n for l in ls})
-
-def _query_range(positions, T: int) -> range:
-    "The query positions a `positions` slice keeps (all of them for None); contiguous and non-empty."
-    if positions is None: return range(T)
-    if not isinstance(positions, slice): raise TypeError(f"positions must be a slice such as slice(-64, None), got {type(positions).__name__}")
-    qs = range(T)[positions]
-    if qs.step != 1 or not len(qs): raise ValueError(f"positions {positions} must pick a non-empty run of positions (step 1) of the {T}-token input")
-    return qs
-
-def _check_attention_size(cls, n_layers: int, H: int, Q: int, K: int, warn: bool = True) -> None:
-    "Refuse patterns too large to draw and warn about ones that take much memory, saying how to narrow them."
-    mb = 4 * n_layers * H * Q * K / 2**20
-    size = f"{mb:,.0f} MB" if mb >= 10 else f"{mb:.2g} MB"
-    what = f"{n_layers} layer(s) × {H} heads × {Q} queries × {K} keys of float32 patterns take {size}"
-    narrow = ("narrow it: AttentionView.from_model(model, text, layers=[...], positions=slice(-128, None)) keeps the "
-              "chosen layers and the last 128 query rows (or pass sliced patterns with query_start=)")
-    if Q * K > cls.max_cells:
-        raise ValueError(f"the view draws q × k = {Q * K:,} cells per head, more than AttentionView.max_cells = "
-                         f"{cls.max_cells:,}; {what}. To see it, {narrow}")
-    if warn and mb * 2**20 > cls.warn_bytes:
-        warnings.warn(f"AttentionView: {what}; to hold less, {narrow}", stacklevel=3)
-
 # %% ../nbs/52_widgets.ipynb #cef658ef
 _MONITOR_METRICS = ("loss", "fvu", "l0", "dead_frac", "eval_loss", "eval_fvu")
 
@@ -410,9 +429,10 @@ def _records(history) -> list[dict]:
             raise TypeError(f"history record {i} must be a dict like {{'step': 10, 'loss': 0.5}}, got {type(r).__name__} {r!r:.60}")
     return history
 
+# %% ../nbs/52_widgets.ipynb #f535835c
 class TrainingMonitor(_View):
     "Live curves of `SAETrainer.history`; attach with `TrainingMonitor(trainer)` (adds itself to its callbacks)."
-    _esm = _js("training_monitor.js")
+    _esm, _css = _esm_of("training_monitor"), _css_of("training_monitor")
     title = t.Unicode("SAE training").tag(sync=True)
     metrics = t.List(t.Unicode()).tag(sync=True)
     steps = t.Bytes(b"").tag(sync=True)              # float32 [n_records]
@@ -467,8 +487,8 @@ class TrainingMonitor(_View):
 # %% ../nbs/52_widgets.ipynb #b957636f
 class FeatureExplorer(_View):
     "Browse an SAE's features over an `ActivationStore`: picker and search, histograms, top examples, logit tokens."
-    _esm = _js("feature_explorer.js")
-    _from_frontend = ("feature",)
+    _esm, _css = _esm_of("feature_explorer"), _css_of("feature_explorer")
+    _from_frontend = ("feature", "query")
     title = t.Unicode("").tag(sync=True)
     n_features = t.Int(0).tag(sync=True)
     feature = t.Int(0).tag(sync=True)
@@ -493,27 +513,20 @@ class FeatureExplorer(_View):
 
     def __init__(self, sae, store, model=None, feature: int = 0, k: int = 10, hook: str | None = None, stats=None, *,
                  window: int = 8, bins: int = 30, progress: bool = True, **kw):
-        from deeplens.features import _store_hook, _reuse_stats, activation_histogram
+        from deeplens.features import feature_overview
         from deeplens.model import HookedModel
-        hook = _store_hook(sae, store, hook)             # checks sae / store types and widths
         if model is not None and not isinstance(model, HookedModel):
             raise TypeError(f"model must be a deeplens HookedModel (deeplens.load_model) or None, got {type(model).__name__}")
-        self.sae, self.store, self.model, self.hook = sae, store, model, hook
         self.k, self.window = _check_count(k, "k"), _check_count(window, "window", 0)
-        self.stats = _reuse_stats(sae, store, hook, self.k, stats, progress)
-        self._hist = activation_histogram(sae, store, None, _check_count(bins, "bins"), self.stats.max_activation, hook,
-                                          progress=progress)
+        ov = feature_overview(sae, store, hook, k=self.k, bins=_check_count(bins, "bins"), stats=stats, progress=progress)
+        self.sae, self.store, self.model, self.hook, self.overview, self.stats = sae, store, model, ov.hook, ov, ov.stats
         self._tok = model.tokenizer if model is not None and model.tokenizer is not None else store.tokenizer
-        self._index, self._ex = None, None
-        d = self.stats.density.numpy()
-        live = np.log10(d[d > 0]) if (d > 0).any() else np.zeros(0)
-        lo, hi = (float(live.min()), float(live.max())) if live.size else (-1.0, 0.0)
-        dc, de = np.histogram(live, bins=30, range=(lo, hi if hi > lo else lo + 1))
+        self._index, self._ex, self._asked = None, None, ""
         name = getattr(model.hf.config, "_name_or_path", "") if model is not None else store.meta.get("model", "")
-        super().__init__(title=f"SAE features · {hook}" + (f" · {Path(str(name)).name}" if name else ""),
-                         n_features=sae.d_sae, n_bins=bins, density_hist=f32_bytes(dc), density_edges=f32_bytes(de),
-                         n_density_bins=len(dc), n_dead=int((d == 0).sum()), has_model=model is not None, **kw)
-        self.on_msg(self._on_frontend)
+        super().__init__(title=f"SAE features · {ov.hook}" + (f" · {Path(str(name)).name}" if name else ""),
+                         n_features=sae.d_sae, n_bins=bins, density_hist=f32_bytes(ov.density_counts),
+                         density_edges=f32_bytes(ov.density_edges), n_density_bins=len(ov.density_counts),
+                         n_dead=ov.n_dead, has_model=model is not None, **kw)
         if feature == self.feature: self._fill()
         else: self.feature = feature                     # validated, then filled by the observer
 
@@ -524,9 +537,21 @@ class FeatureExplorer(_View):
             raise t.TraitError(f"feature {f} is out of range: this SAE has n_features = {self.n_features} (0..{self.n_features - 1})")
         return f
 
+    def set_state(self, sync_data):
+        "A feature from the view that does not validate is reported in `error` (and the view's box reset), not raised."
+        try: super().set_state(sync_data)
+        except t.TraitError as e:
+            if set(sync_data) - {"feature"}: raise
+            self.error = str(e)
+            self.send_state("feature")
+
     @t.observe("feature")
     def _feature_changed(self, change):
-        if hasattr(self, "stats"): self._fill()
+        if hasattr(self, "overview"): self._fill()
+
+    @t.observe("query")
+    def _query_changed(self, change):
+        if change["new"] != self._asked: self.search(change["new"])     # typed in the view
 
     def select(self, feature: int) -> "FeatureExplorer":
         "Show `feature` (what the number box in the view does)."
@@ -535,52 +560,16 @@ class FeatureExplorer(_View):
         self.feature = int(feature)
         return self
 
-    def _example_acts(self, ex) -> tuple[list[dict], np.ndarray]:
-        "Token rows around each example and the feature's activation on each token, read back from the store."
-        st, W, f, n = self.store, self.window, self.feature, len(self.store)
-        items, want = [], []                             # want: (example, column, store row)
-        for i, e in enumerate(ex.itertuples()):
-            ids, p = e.context_tokens.tolist(), e.context_pos
-            lo, hi = max(0, p - W), min(len(ids), p + W + 1)
-            items.append({"rank": int(e.rank), "value": float(e.value), "row": int(e.row), "doc": int(e.doc),
-                          "tokens": [self._tok.decode([j]) for j in ids[lo:hi]], "center": p - lo})
-            cand = np.arange(max(0, e.row - (p - lo)), min(n, e.row + (hi - p)))
-            ti = st.token_index(cand)
-            same = (ti["context"] == e.context) & (ti["context_pos"] >= lo) & (ti["context_pos"] < hi)
-            want += [(i, int(c) - lo, int(r)) for r, c in zip(cand[same], ti["context_pos"][same])]
-        width = max([len(it["tokens"]) for it in items], default=0)
-        acts = np.full((len(items), width), np.nan, np.float32)
-        if want:
-            rows = [w[2] for w in want]
-            was = self.sae.training; self.sae.eval()
-            try:
-                with torch.no_grad():
-                    x = st.get(rows, self.hook).to(self.sae.W_enc.device)
-                    z = self.sae.encode(x)[:, f].float().cpu().numpy()
-            finally: self.sae.train(was)
-            for (i, c, _), v in zip(want, z): acts[i, c] = v
-        return items, acts
-
     def _fill(self):
-        from deeplens.features import max_activating_examples, feature_logits
-        f, s = self.feature, self.stats
-        self._ex = max_activating_examples(self.sae, self.store, f, self.k, self.window, stats=s, hook=self.hook, progress=False)
-        items, acts = self._example_acts(self._ex)
-        top, bot = [], []
-        if self.model is not None:
-            lg = feature_logits(self.sae, self.model, [f], self.k, hook=self.hook)[0]
-            dec = lambda ids, vs: [{"token": self._tok.decode([int(i)]), "id": int(i), "value": float(v)}
-                                   for i, v in zip(ids.tolist(), vs.tolist())]
-            top, bot = dec(lg["top_tokens"], lg["top_values"]), dec(lg["bottom_tokens"], lg["bottom_values"])
-        h = self._hist
+        from deeplens.features import feature_card
+        c = feature_card(self.sae, self.store, self.feature, self.model, overview=self.overview, k=self.k,
+                         window=self.window)
+        self._ex, h = c["examples"], c["histogram"]
         with self.hold_sync():
-            self.info = {"density": float(s.density[f]), "mean_activation": float(s.mean_activation[f]),
-                         "mean_active": float(s.mean_active[f]), "max_activation": float(s.max_activation[f]),
-                         "n_tokens": int(s.n_tokens), "hook": self.hook}
-            self.hist, self.hist_edges = f32_bytes(h["counts"][f]), f32_bytes(h["edges"][f])
-            self.hist_zeros = int(h["zeros"][f])
-            self.examples, self.example_acts, self.example_shape = items, f32_bytes(acts), list(acts.shape)
-            self.top_logits, self.bottom_logits = top, bot
+            self.info = c["info"]
+            self.hist, self.hist_edges, self.hist_zeros = f32_bytes(h["counts"]), f32_bytes(h["edges"]), h["zeros"]
+            self.examples, self.example_acts, self.example_shape = c["rows"], f32_bytes(c["acts"]), list(c["acts"].shape)
+            self.top_logits, self.bottom_logits = c["top_logits"], c["bottom_logits"]
             self.error = ""
 
     def _search_index(self):
@@ -623,15 +612,10 @@ class FeatureExplorer(_View):
                 name = ("examples", "logits")[s]
                 if name not in e["sources"]: e["sources"].append(name)
             res = sorted(found.values(), key=lambda e: (not e["exact"], -e["n"], e["feature"]))[:limit]
+        self._asked = query                        # the observer of `query` then has nothing to do
         with self.hold_sync(): self.query, self.search_results = query, res
         return res
 
-    def _on_frontend(self, _, content, buffers):
-        if not isinstance(content, dict): return
-        try:
-            if content.get("type") == "select": self.select(content.get("feature"))
-            elif content.get("type") == "search": self.search(content.get("query", ""))
-        except (ValueError, TypeError, t.TraitError) as e: self.error = str(e)
 
     def __repr__(self):
         i, f = self.info, self.feature
@@ -660,6 +644,7 @@ class _Job:
     "One generation the view asked for, on its own thread; `cancel` stops it at its next token."
     def __init__(self, args: dict): self.args, self.cancel, self.thread = args, threading.Event(), None
 
+# %% ../nbs/52_widgets.ipynb #c3833daf
 def _site_width_check(model, sae, hook: str) -> None:
     "Fail now, naming both widths, when `sae` cannot read `hook` of `model` (one token through the model tells)."
     with torch.no_grad():
@@ -671,9 +656,10 @@ def _site_width_check(model, sae, hook: str) -> None:
         raise ValueError(f"the SAE reads width d_in={sae.d_in} but {hook} on this model has width {width}: "
                          "it was trained on another model or site; use the SAE for this model's site (or pass hook=)")
 
+# %% ../nbs/52_widgets.ipynb #0dfb8084
 class SteeringPanel(_View):
     "Prompt, feature / vector picker and coefficient slider; baseline and steered greedy generation side by side."
-    _esm = _js("steering_panel.js")
+    _esm, _css = _esm_of("steering_panel"), _css_of("steering_panel")
     title = t.Unicode("").tag(sync=True)
     kind = t.Unicode("vector").tag(sync=True)        # "feature" (an SAE) or "vector" (steering vectors)
     prompt = t.Unicode("").tag(sync=True)

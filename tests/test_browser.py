@@ -348,3 +348,100 @@ def test_saved_notebook_validates(lab_session):
     assert "application/vnd.jupyter.widget-view+json" in mimes and "image/svg+xml" in mimes
     assert not any("vegalite" in m for m in mimes), mimes
     assert all(c.execution_count for c in nb.cells if c.cell_type == "code")
+
+# ---------------------------------------------------------------------------------------------- themes and colours
+
+VIEWS = {"heatmap": ".dl-heatmap", "lens": ".dl-lens", "attention": ".dl-attention", "training": ".dl-monitor",
+         "explorer": ".dl-fe", "steering": ".dl-sp"}
+THEMES = {"light": "JupyterLab Light", "dark": "JupyterLab Dark"}
+MIN_CONTRAST = 3.0               # WCAG's minimum for large text and UI components
+
+# The WCAG contrast of every piece of text in a view (HTML text and SVG text) against what is drawn behind it: the
+# background colours of its ancestors composited from the page down, the text colour (or SVG fill) over that.
+CONTRAST_JS = """(root, minimum) => {
+  const rgba = (s) => { const m = (s || '').match(/rgba?\\(([^)]+)\\)/); if (!m) return null;
+                        const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+  const over = (top, under) => [0, 1, 2].map(i => top[i] * top[3] + under[i] * (1 - top[3])).concat([1]);
+  const lum = (c) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+                       return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]); };
+  const behind = (el) => { const chain = []; for (let e = el; e && e.nodeType === 1; e = e.parentElement) chain.push(e);
+                           let bg = [255, 255, 255, 1];
+                           for (const e of chain.reverse()) { const c = rgba(getComputedStyle(e).backgroundColor); if (c && c[3] > 0) bg = over(c, bg); }
+                           return bg; };
+  const low = [];
+  let n = 0;
+  for (const el of root.querySelectorAll('*')) {
+    if (['OPTION', 'title', 'STYLE', 'SCRIPT'].includes(el.tagName) || !el.getClientRects().length) continue;
+    const isSvgText = el.tagName === 'text';
+    const own = [...el.childNodes].filter(c => c.nodeType === 3 && c.textContent.trim()).map(c => c.textContent).join('');
+    if (!own) continue;
+    const cs = getComputedStyle(el);
+    const bg = behind(el);
+    const fg = over(rgba(isSvgText ? cs.fill : cs.color) || [0, 0, 0, 1], bg);
+    const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+    const ratio = (a + 0.05) / (b + 0.05);
+    n++;
+    if (ratio < minimum) low.push({text: own.slice(0, 40), cls: String(el.className.baseVal ?? el.className), color: cs.color, fill: cs.fill,
+                                   bg: bg.map(Math.round), ratio: Math.round(ratio * 100) / 100});
+  }
+  return {n, low};
+}"""
+
+def _theme(s, name: str):
+    "Switch JupyterLab's theme through its command and wait until the theme's variables apply."
+    light = name == "light"
+    s.page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})", THEMES[name])
+    s.wait(f"the {name} theme", lambda: s.page.evaluate(
+        "() => [document.body.dataset.jpThemeLight, getComputedStyle(document.body).getPropertyValue('--jp-layout-color0').trim()]")
+           in ([str(light).lower(), "white"], [str(light).lower(), "#fff"], [str(light).lower(), "#111"]), timeout=60)
+    time.sleep(0.5)                                              # one frame for the restyle
+
+def test_views_readable_in_light_and_dark_theme(lab_session):
+    "Every view, screenshotted in JupyterLab's light and dark theme; all its text has contrast against its background."
+    s = lab_session
+    try:
+        for name in ("light", "dark"):
+            _theme(s, name)
+            for tag, sel in VIEWS.items():
+                view = s.output_of(tag).locator(sel)
+                view.scroll_into_view_if_needed()
+                s.shot(f"theme-{name}-{tag}", view)
+                r = view.evaluate(CONTRAST_JS, MIN_CONTRAST)
+                assert r["n"] > 3, f"{tag}: no text found to check in the {name} theme"
+                assert not r["low"], f"{tag} in the {name} theme: text below contrast {MIN_CONTRAST}: {r['low'][:8]}"
+    finally:
+        _theme(s, "light")
+
+def _parse(c: str) -> tuple:
+    "A CSS colour (#rrggbb, rgb(), rgba()) as (r, g, b, alpha)."
+    if c.startswith("#"): return (*(int(c[i:i + 2], 16) for i in (1, 3, 5)), 1.0)
+    p = [float(x) for x in re.findall(r"[\d.]+", c)]
+    return (*map(int, p[:3]), p[3] if len(p) > 3 else 1.0)
+
+def _same(a: str, b: str) -> bool:
+    (r1, g1, b1, a1), (r2, g2, b2, a2) = _parse(a), _parse(b)
+    return (r1, g1, b1) == (r2, g2, b2) and abs(a1 - a2) <= 1 / 255 + 1e-3   # Chromium keeps alpha in 8 bits
+
+def test_static_live_and_chart_colours_agree(lab_session):
+    "The same values: the static HTML heatmap, the live TokenHeatmap and deeplens.style give one colour; the chart's ends are the palette's."
+    s, e = lab_session, lab_session.expect["colours"]
+    out = s.output_of("colours")
+    live = out.locator(".dl-heatmap .dl-token")
+    live.first.wait_for(state="visible")
+    static = out.locator(".dl-tok")
+    got_live = live.evaluate_all("els => els.map(e => getComputedStyle(e).backgroundColor)")
+    got_static = static.evaluate_all("els => els.map(e => getComputedStyle(e).backgroundColor)")
+    assert len(got_live) == len(got_static) == len(e["rule"]) > 5
+    assert got_live == got_static                                    # one CSS colour string each, so the same pixels
+    bad = [(i, r, l, st) for i, (r, l, st) in enumerate(zip(e["rule"], got_live, got_static)) if not (_same(r, l) and _same(r, st))]
+    assert not bad, f"colours disagree (value_colour, live, static): {bad[:5]}"
+    pos, neg = _parse(e["positive"])[:3], _parse(e["negative"])[:3]
+    assert {_parse(c)[:3] for c in got_live} >= {pos, neg}            # signed values: both ends of the palette
+    assert e["chart_range"][0] == e["diverging"][0] == e["negative"] and e["chart_range"][-1] == e["diverging"][-1] == e["positive"]
+    img = out.locator(".jp-RenderedSVG img")
+    img.wait_for(state="visible")
+    fills = img.evaluate("""img => { const src = img.getAttribute('src') || '';
+        const doc = new DOMParser().parseFromString(decodeURIComponent(src.slice(19)), 'image/svg+xml');
+        return [...doc.querySelectorAll('g.mark-rect.role-mark path')].map(p => p.getAttribute('fill')); }""")
+    assert len(fills) == 4 and {_parse(f)[:3] for f in fills} >= {pos, neg}, fills   # the ±1 cells are the palette's ends
+    s.shot("colours", out)

@@ -202,3 +202,32 @@ def test_coherence_agrees_with_examples(sae, store):
     with pytest.raises(ValueError, match="out of range"): feature_coherence(st, store, features=[64])
     with pytest.raises(ValueError, match="k must be"): feature_coherence(st, store, k=7)
     with pytest.raises(TypeError, match="FeatureStats"): feature_coherence({}, store)
+
+def test_feature_overview_and_card(tiny, store, sae):
+    from deeplens.features import feature_overview, feature_card, FeatureOverview
+    import numpy as np
+    st = feature_stats(sae, store, HOOK, k=4, progress=False)
+    ov = feature_overview(sae, store, HOOK, k=4, bins=12, stats=st, progress=False)
+    assert isinstance(ov, FeatureOverview) and ov.stats is st and ov.hook == HOOK
+    h = activation_histogram(sae, store, None, 12, st.max_activation, HOOK, progress=False)
+    assert torch.equal(ov.histogram["counts"], h["counts"])                    # integer counts, the same call: exact
+    d = st.density.numpy()
+    assert ov.n_dead == int((d == 0).sum()) and int(ov.density_counts.sum()) == int((d > 0).sum())
+    f = int(torch.argmax(st.density))
+    card = feature_card(sae, store, f, tiny, overview=ov, k=4, window=3)
+    ex = max_activating_examples(sae, store, f, k=4, stats=st, hook=HOOK)
+    assert [r["row"] for r in card["rows"]] == ex["row"].tolist() and card["info"]["density"] == float(st.density[f])
+    assert torch.equal(card["histogram"]["counts"], h["counts"][f])
+    for i, r in enumerate(card["rows"]):                                       # against a fresh forward of the context
+        ids, p = context_tokens(store, r["row"])
+        _, cache = tiny.run_with_cache(ids[None], names_filter=[HOOK])
+        z = sae.encode(cache[HOOK][0]).detach()[:, f].numpy()
+        lo, n = p - r["center"], len(r["tokens"])
+        known = ~np.isnan(card["acts"][i, :n])
+        np.testing.assert_allclose(card["acts"][i, :n][known], z[lo:lo + n][known], atol=1e-4)
+        assert r["tokens"][r["center"]] == ex["token"].iloc[i] and n <= 2 * 3 + 1
+    lg = feature_logits(sae, tiny, [f], k=4, hook=HOOK)[0]
+    assert [d["id"] for d in card["top_logits"]] == lg["top_tokens"].tolist()
+    again = feature_card(sae, store, f, k=4, window=3, hook=HOOK, progress=False)   # no overview: computed, same rows
+    assert [r["row"] for r in again["rows"]] == [r["row"] for r in card["rows"]] and again["top_logits"] == []
+    with pytest.raises(ValueError, match="out of range"): feature_card(sae, store, sae.d_sae, overview=ov)

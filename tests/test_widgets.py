@@ -52,7 +52,7 @@ def llama():
 
 @pytest.mark.parametrize("name", sorted(VIEWS.values()))
 def test_js_module(name, tmp_path):
-    src = (JS / name).read_text()
+    src = W._esm_of(name[:-3])                       # the palette, the kit and the view: what the browser runs
     assert re.search(r"^export\s+default\s+\{\s*render\s*\}", src, re.M) or re.search(r"^export\s+function\s+render", src, re.M)
     assert re.search(r"function\s+render\s*\(\s*\{\s*model\s*,\s*el\s*\}", src)
     # no network imports: no static import/export-from, no dynamic import() of anything
@@ -68,11 +68,13 @@ def test_js_module(name, tmp_path):
 
 @pytest.mark.parametrize("cls", list(VIEWS))
 def test_esm_is_the_package_file(cls):
-    assert str(cls._esm) == (JS / VIEWS[cls]).read_text()
+    view, kit = (JS / VIEWS[cls]).read_text(), (JS / "kit.js").read_text()
+    assert cls._esm.endswith(view) and kit in cls._esm and cls._esm.startswith("// from deeplens.style\nconst PALETTE = ")
+    assert cls._css == (JS / "kit.css").read_text() + "\n" + (JS / VIEWS[cls].replace(".js", ".css")).read_text()
     w = {TokenHeatmap: lambda: TokenHeatmap(["a"], [1.0]), TrainingMonitor: TrainingMonitor,
          AttentionView: lambda: AttentionView(torch.ones(1, 1, 1, 1), ["a"]),
          LogitLensView: None, FeatureExplorer: None, SteeringPanel: None}[cls]
-    if w is not None: assert w()._esm == (JS / VIEWS[cls]).read_text()    # the synced trait carries the file
+    if w is not None: assert w()._esm == cls._esm and w()._css == cls._css    # the synced traits carry the files
 
 def test_import_deeplens_does_not_load_widgets():
     code = "import sys, deeplens; print(sorted(m for m in ('anywidget', 'ipywidgets', 'deeplens.widgets') if m in sys.modules))"
@@ -311,7 +313,8 @@ for (const [k, b64] of Object.entries(JSON.parse(bufJson))) {
 }
 const sent = [];
 const handlers = {};                      // model.on subscriptions, so an action can replay a trait change
-const model = { get: (k) => state[k], set: (k, v) => { state[k] = v; }, save_changes: () => sent.push({ saved: true }),
+const model = { get: (k) => state[k], set: (k, v) => { state[k] = v; sent.push({ set: { [k]: v } }); },
+                save_changes: () => sent.push({ saved: true }),
                 on: (e, f) => { (handlers[e] ||= []).push(f); }, off: () => {}, send: (m) => sent.push(m) };
 const mod = await import(file);
 const el = new Node("div");
@@ -345,6 +348,8 @@ report.textsOf = {};
 for (const cls of CLASSES) report.textsOf[cls] = find(el, cls).map((n) => texts(n).join(""));
 report.values = {};
 for (const cls of CLASSES) { const n = find(el, cls)[0]; if (n) report.values[cls] = n.value; }
+report.backgrounds = {};
+for (const cls of CLASSES) report.backgrounds[cls] = find(el, cls).map((n) => n.style.background || n.attrs.fill || "");
 report.sent = sent;
 console.log(JSON.stringify(report));
 """
@@ -387,10 +392,16 @@ def test_visible_whitespace_mapping():
     with pytest.raises(TypeError, match="string"): visible_whitespace(3)
 
 def test_every_view_has_the_same_js_mapping():
-    "The JS copy in each token view is the same text; one of them is checked against Python below, over many characters."
-    block = lambda src: re.search(r"const GLYPHS = .*?\n}\n", src, re.S).group(0)
-    blocks = {name: block((JS / name).read_text()) for name in TOKEN_VIEWS}
-    assert len(set(blocks.values())) == 1, blocks
+    "One copy of each helper, in the kit; no view defines its own (the kit's is checked against Python below)."
+    helpers = ["floats", "visible", "valueColour", "svg", "fmt", "div", "make", "subscribe", "commit"]
+    kit = (JS / "kit.js").read_text()
+    assert all(re.search(rf"^function {h}\(", kit, re.M) for h in helpers) and "const GLYPHS = " in kit
+    for name in VIEWS.values():
+        src = (JS / name).read_text()
+        copied = [h for h in helpers + ["colour"] if re.search(rf"^\s*function {h}\(", src, re.M)]
+        assert not copied and "const GLYPHS" not in src, (name, copied)
+        assert not re.search(r"#[0-9a-fA-F]{3,6}\b|rgba?\(", src), f"{name} sets its own colours: use the palette or the _css"
+        assert "style.cssText" not in src, f"{name} has inline styles: use the view's _css"
 
 def test_js_mapping_equals_python(tmp_path):
     # every character of the first planes where Python's and V8's Unicode tables agree (plus one astral format char)
@@ -506,20 +517,20 @@ def test_feature_explorer_frontend(text_model, sae, store, ref, monkeypatch):
     st, h, live = ref
     w = FeatureExplorer(sae, store, model=text_model, feature=live[0], k=5, stats=st, progress=False)
     calls = counting(monkeypatch)
-    frontend(w, "custom", content={"type": "select", "feature": live[1]})          # the number box
+    frontend(w, "update", state={"feature": live[1]}, buffer_paths=[])            # the number box
     assert w.feature == live[1]
     assert [e["row"] for e in w.examples] == st.top_rows[live[1]][st.top_rows[live[1]] >= 0].tolist()
     np.testing.assert_array_equal(f32_array(w.hist, (30,)), h["counts"][live[1]].numpy().astype(np.float32))
-    frontend(w, "update", state={"feature": live[2]}, buffer_paths=[])            # a synced trait change works too
+    frontend(w, "update", state={"feature": live[2]}, buffer_paths=[])            # and again
     assert w.feature == live[2] and w.info["density"] == pytest.approx(float(st.density[live[2]]))
     w.select(live[3])                                                             # Python does what the picker does
     assert w.examples[0]["row"] == int(st.top_rows[live[3], 0])
     assert calls == {"feature_stats": 0, "activation_histogram": 0}               # no pass over the store per feature
-    frontend(w, "custom", content={"type": "select", "feature": 64})              # out of range: reported, not applied
+    frontend(w, "update", state={"feature": 64}, buffer_paths=[])                 # out of range: reported, not applied
     assert w.feature == live[3] and "n_features = 64" in w.error
     with pytest.raises(t_err(), match="n_features = 64"): w.feature = -1
     with pytest.raises(TypeError, match="int"): w.select("3")
-    assert "may set only ['feature']" in refused(w, n_features=3)
+    assert "may set only ['feature', 'query']" in refused(w, n_features=3)
 
 def t_err():
     import traitlets
@@ -529,7 +540,7 @@ def test_feature_explorer_search(text_model, sae, store, ref):
     st, _, live = ref
     w = FeatureExplorer(sae, store, model=text_model, feature=live[0], k=5, stats=st, progress=False)
     q = w.examples[0]["tokens"][w.examples[0]["center"]].strip().lower() or "the"
-    frontend(w, "custom", content={"type": "search", "query": q.upper()})         # case-insensitive
+    frontend(w, "update", state={"query": q.upper()}, buffer_paths=[])             # typed in the view; case-insensitive
     res = w.search_results
     assert w.query == q.upper() and live[0] in [r["feature"] for r in res]
     # independently: features with a top activating token or a top logit token containing q
@@ -544,7 +555,7 @@ def test_feature_explorer_search(text_model, sae, store, ref):
     exact = [r["exact"] for r in res]
     assert exact == sorted(exact, reverse=True)                                  # exact token matches first
     assert all(any(q in s.lower() for s in r["tokens"]) for r in res)
-    frontend(w, "custom", content={"type": "select", "feature": res[-1]["feature"]})   # clicking a result
+    frontend(w, "update", state={"feature": res[-1]["feature"]}, buffer_paths=[])    # clicking a result
     assert w.feature == res[-1]["feature"]
     assert w.search("") == [] and w.search_results == []
 
@@ -653,7 +664,7 @@ def test_new_views_render_in_node(text_model, sae, store, ref, tmp_path):
     assert out["dl-fe-hist"] == out["dl-fe-density"] == out["dl-fe-logits"] == 1
     assert out["dl-fe-example"] == 4 and out["dl-fe-bar"] == 30 + 30 and out["dl-fe-logit"] == 8
     assert out["dl-fe-tok"] == sum(len(e["tokens"]) for e in fe.examples)
-    assert out["sent"] == [{"type": "select", "feature": live[1]}]
+    assert out["sent"] == [{"set": {"feature": live[1]}}, {"saved": True}]       # the trait, not a custom message
     sp = SteeringPanel(text_model, InterveneFeatures(sae), prompt=PROMPT, max_new_tokens=4)
     out = render_in_node(sp, tmp_path, actions=[{"cls": "dl-sp-slider", "set": {"value": "2.5"}, "fire": "input"},
                                                  {"cls": "dl-sp-slider", "set": {"value": "3"}, "fire": "input", "wait": 450}])
@@ -680,7 +691,7 @@ def test_number_boxes_act_on_enter_once(text_model, sae, store, ref, tmp_path):
         {"state": {"feature": live[1]}, "redraw": "change:feature"},      # the kernel's answer redraws the box
         {"cls": box, "set": {"value": ""}, "fire": "change"},             # an emptied box sends nothing (not feature 0)
         {"cls": box, "set": {"value": str(live[2])}, "fire": "change"}])  # a number and leaving the box: sent
-    assert out["sent"] == [{"type": "select", "feature": live[1]}, {"type": "select", "feature": live[2]}]
+    assert out["sent"] == [{"set": {"feature": live[1]}}, {"saved": True}, {"set": {"feature": live[2]}}, {"saved": True}]
     sp = SteeringPanel(text_model, InterveneFeatures(sae), prompt=PROMPT, max_new_tokens=4)
     box = "dl-sp-feature"
     out = render_in_node(sp, tmp_path, actions=[
@@ -785,3 +796,41 @@ def test_steering_panel_stop(text_model, sae, ref):
     assert list(gate.n.values()) == [3] and not w.busy and w.runs == 0 and w.error == "" and w.steered_text == ""
     b, s = w.run(coefficient=0.0)                                            # Python runs afterwards as usual
     assert b == s == text_model.generate("Python is", max_new_tokens=40) and w.runs == 1
+
+# ---------------------------------------------------------------- one palette: the kit's colour rule is deeplens.style's
+
+def kit_eval(tmp_path, expr: str, data):
+    "Evaluate `expr` (JavaScript, with `data` bound) after the palette and the kit, under node; → its JSON value."
+    import json
+    node = shutil.which("node") or ("/usr/bin/node" if os.path.exists("/usr/bin/node") else None)
+    if node is None: pytest.skip("node is not on PATH")
+    mod = tmp_path / "kit.mjs"
+    mod.write_text(W._palette_js() + (JS / "kit.js").read_text() + f"\nconst data = {json.dumps(data)};\n"
+                   f"console.log(JSON.stringify({expr}));\n")
+    r = subprocess.run([node, str(mod)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+def test_kit_colour_rule_equals_python(tmp_path):
+    from deeplens.style import value_colour
+    rng = np.random.default_rng(0)
+    ranges = [(-1.0, 1.0), (-3.0, 0.5), (0.0, 2.0), (0.5, 4.0), (-2.0, -0.5), (-2.0, 0.0), (1.0, 1.0), (0.0, 0.0)]
+    vals = [0.0, 1.0, -1.0, 0.0625, 0.1875, -0.3125, 0.9375, 0.5, 2.5, -7.0] + rng.normal(0, 1.5, 200).astype(np.float32).tolist()
+    cases = [(float(v), lo, hi) for lo, hi in ranges for v in vals]
+    got = kit_eval(tmp_path, "data.map(([v, lo, hi]) => valueColour(v, lo, hi))", cases)
+    assert got == [value_colour(v, lo, hi) for v, lo, hi in cases]
+    assert kit_eval(tmp_path, "[valueColour(NaN, 0, 1), PALETTE]", None) == [
+        "transparent", {k: list(W.rgb(c)) for k, c in (("positive", W.POSITIVE), ("neutral", W.NEUTRAL), ("negative", W.NEGATIVE))}]
+
+def test_static_live_and_style_colours_agree(tmp_path):
+    "The same values get the same colour in the static HTML heatmap, the live TokenHeatmap and deeplens.style."
+    from deeplens.display import heatmap_html
+    from deeplens.style import value_colour
+    toks = list("abcdefg")
+    vals = np.array([-2.0, -0.5, 0.0, 0.25, 1.0, 3.0, np.nan], np.float32)
+    static = re.findall(r'class="dl-tok"[^>]*style="background:([^"]+)"', heatmap_html(toks, vals))
+    hm = TokenHeatmap(toks, vals)
+    live = render_in_node(hm, tmp_path, actions=[])["backgrounds"]["dl-token"]
+    rule = [value_colour(v, hm.vmin, hm.vmax) for v in vals.tolist()]
+    assert static == live == rule and rule[0] == f"rgba({','.join(map(str, W.rgb(W.NEGATIVE)))},0.667)"
+    assert rule[5] == f"rgba({','.join(map(str, W.rgb(W.POSITIVE)))},1.000)"      # positive: red, the same everywhere

@@ -3,55 +3,36 @@
 // {type: "run", prompt, coefficient, feature, name}, debounced (300 ms), so dragging the slider runs the model once
 // when it stops; Python generates on a worker thread, sets "busy" meanwhile and then "baseline_text" /
 // "steered_text". A newer run, or the stop button ({type: "stop"}), cancels the running one at its next token.
-// Hand-written ES module, no dependencies, plain DOM.
+// Uses the kit (kit.js, prepended by Python).
 
 const DEBOUNCE_MS = 300;
 
-function div(cls, css) {
-  const d = document.createElement("div");
-  if (cls) d.className = cls;
-  if (css) d.style.cssText = css;
-  return d;
-}
-
 function render({ model, el }) {
-  const root = div("dl-sp", "font-family: sans-serif; font-size: 12px; max-width: 1100px;");
-  const title = div("", "font-weight: bold; margin-bottom: 4px;");
-  const prompt = document.createElement("textarea");
-  prompt.className = "dl-sp-prompt";
+  const root = div("dl-sp");
+  const title = div("dl-head");
+  const prompt = make("textarea", "dl-sp-prompt");
   prompt.rows = 2;
   prompt.placeholder = "prompt…";
-  prompt.style.cssText = "width: 100%; box-sizing: border-box; font-family: monospace; font-size: 12px;";
-  const controls = div("", "display: flex; flex-wrap: wrap; gap: 10px; align-items: center; margin: 4px 0;");
-  const pickLabel = document.createElement("span");
-  const feature = document.createElement("input");
-  feature.type = "number"; feature.className = "dl-sp-feature"; feature.style.cssText = "width: 6em;";
-  const names = document.createElement("select");
-  names.className = "dl-sp-name";
-  const coefLabel = document.createElement("span");
-  coefLabel.textContent = "coefficient";
-  const slider = document.createElement("input");
-  slider.type = "range"; slider.className = "dl-sp-slider"; slider.style.cssText = "width: 260px;";
-  const value = document.createElement("span");
-  value.className = "dl-sp-value";
-  value.style.cssText = "font-family: monospace; min-width: 4em;";
-  const runBtn = document.createElement("button");
-  runBtn.className = "dl-sp-run"; runBtn.textContent = "run";
-  const stopBtn = document.createElement("button");
-  stopBtn.className = "dl-sp-stop"; stopBtn.textContent = "stop";
-  const busy = document.createElement("span");
-  busy.className = "dl-sp-busy";
-  busy.textContent = "⏳ generating…";
-  busy.style.cssText = "color: #b36b00;";
+  const controls = div("dl-bar");
+  const pickLabel = make("span");
+  const feature = make("input", "dl-sp-feature");
+  feature.type = "number";
+  const names = make("select", "dl-sp-name");
+  const coefLabel = make("span", "", "coefficient");
+  const slider = make("input", "dl-sp-slider");
+  slider.type = "range";
+  const value = make("span", "dl-sp-value");
+  const runBtn = make("button", "dl-sp-run", "run");
+  const stopBtn = make("button", "dl-sp-stop", "stop");
+  const busy = make("span", "dl-sp-busy", "⏳ generating…");
   controls.append(pickLabel, feature, names, coefLabel, slider, value, runBtn, busy, stopBtn);
-  const hint = div("dl-sp-hint", "color: #555; font-family: monospace; margin-bottom: 4px; white-space: pre-wrap;");
-  const error = div("dl-sp-error", "color: #b00020;");
-  const cols = div("", "display: flex; gap: 12px; align-items: stretch;");
+  const hint = div("dl-sp-hint");
+  const error = div("dl-sp-error");
+  const cols = div("dl-sp-cols");
   const box = (cls, head) => {
-    const c = div("", "flex: 1 1 0; min-width: 0; border: 1px solid #ddd; border-radius: 4px; padding: 6px;");
-    const h = div("", "font-weight: bold; margin-bottom: 4px;");
-    h.textContent = head;
-    const t = div(cls, "font-family: monospace; white-space: pre-wrap; word-break: break-word; min-height: 3em;");
+    const c = div("dl-sp-box");
+    const h = div("dl-head", head);
+    const t = div(cls);
     c.append(h, t);
     cols.appendChild(c);
     return { head: h, text: t };
@@ -89,17 +70,17 @@ function render({ model, el }) {
     title.textContent = model.get("title");
     const isFeature = model.get("kind") === "feature";
     pickLabel.textContent = isFeature ? "feature" : "vector";
-    feature.style.display = isFeature ? "" : "none";
+    feature.hidden = !isFeature;
     feature.min = "0"; feature.max = String(Math.max(model.get("n_features") - 1, 0));
     if (document.activeElement !== feature || feature.value === shownFeature)   // not under the user's typing
       feature.value = shownFeature = String(model.get("feature"));
     const ns = model.get("names");
-    names.style.display = !isFeature && ns.length > 1 ? "" : "none";
+    names.hidden = isFeature || ns.length <= 1;
     if (!isFeature && ns.length <= 1) pickLabel.textContent = `vector ${JSON.stringify(ns[0] || "")}`;
     names.replaceChildren();
     for (const n of ns) {
-      const o = document.createElement("option");
-      o.value = n; o.textContent = n;
+      const o = make("option", "", n);
+      o.value = n;
       names.appendChild(o);
     }
     names.value = model.get("name");
@@ -127,16 +108,7 @@ function render({ model, el }) {
     const n = common(bc, sc);
     const fill = (node, pre, same, diff) => {
       node.replaceChildren();
-      const a = document.createElement("span");
-      a.style.cssText = "color: #888;";
-      a.textContent = pre;
-      const m = document.createElement("span");
-      m.textContent = same;
-      const d = document.createElement("span");
-      d.className = "dl-sp-diff";
-      d.style.cssText = "background: rgba(255, 140, 0, 0.25);";
-      d.textContent = diff;
-      node.append(a, m, d);
+      node.append(make("span", "dl-sp-prompt-text", pre), make("span", "", same), make("span", "dl-sp-diff", diff));
     };
     fill(base.text, bp, bc, "");
     fill(steer.text, sp, sc.slice(0, n), sc.slice(n));
@@ -146,8 +118,8 @@ function render({ model, el }) {
 
   function drawStatus() {
     const b = model.get("busy");
-    busy.style.display = b ? "" : "none";
-    stopBtn.style.display = b ? "" : "none";
+    busy.hidden = !b;
+    stopBtn.hidden = !b;
     busy.dataset.busy = b ? "1" : "0";
     root.dataset.busy = b ? "1" : "0";
     error.textContent = model.get("error");
@@ -161,19 +133,15 @@ function render({ model, el }) {
   names.addEventListener("change", schedule);
   runBtn.addEventListener("click", send);
 
-  const groups = [
+  const off = subscribe(model, [
     ["change:title change:kind change:n_features change:feature change:names change:name change:coef_min " +
      "change:coef_max change:coef_step change:coefficient change:prompt change:hint change:error", drawControls],
     ["change:baseline_text change:steered_text change:prompt change:coefficient change:runs", drawTexts],
     ["change:busy change:error", drawStatus],
-  ];
-  for (const [evs, fn] of groups) for (const e of evs.split(" ")) model.on(e, fn);
-  for (const [, fn] of groups) fn();
+  ]);
+  drawControls(); drawTexts(); drawStatus();
   if (model.get("prompt") && !model.get("runs")) send();      // first display: show the texts for the prompt
-  return () => {
-    clearTimeout(timer);
-    for (const [evs, fn] of groups) for (const e of evs.split(" ")) model.off(e, fn);
-  };
+  return () => { clearTimeout(timer); off(); };
 }
 
 export default { render };
