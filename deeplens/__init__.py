@@ -15,7 +15,8 @@ from deeplens.heads import (CausalHeadGating, CHGResult, head_scores, induction_
 from deeplens.train import SAETrainer
 from deeplens.features import feature_stats, max_activating_examples, feature_logits, feature_summary
 from deeplens.intervene import InterveneFeatures, ReinjectSingleSample, splice_sae, steer_features
-from deeplens.analysis import get_top_k_tokens, plot_topk_distribution, generate_feature_heatmap
+from deeplens.analysis import get_top_k_tokens
+from deeplens.charts import plot_topk_distribution, generate_feature_heatmap
 from deeplens.lens import logit_lens, TunedLens, LensResult
 from deeplens.patching import (activation_patching, path_patching, attribution_patching, logit_diff, prob, kl,
                                normalized_effect)

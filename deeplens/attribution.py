@@ -56,20 +56,6 @@ class DLAResult:
         import pandas as pd
         return pd.DataFrame({"part": self.labels, "value": self.mean().tolist()})
 
-    def chart(self):
-        "altair: a layer × head heatmap for by='head', else bars in residual-stream order."
-        import altair as alt, pandas as pd
-        from deeplens.style import DIVERGING
-        if self.by == "head":
-            v = self.by_head()
-            df = pd.DataFrame([{"layer": l, "head": h, "value": v[l, h].item()} for l in range(self.n_layers) for h in range(self.n_heads)])
-            lim = float(df["value"].abs().max() or 1)
-            return alt.Chart(df).mark_rect().encode(x="head:O", y="layer:O", tooltip=["layer", "head", "value"],
-                color=alt.Color("value:Q", scale=alt.Scale(range=list(DIVERGING), domain=[-lim, lim]))
-            ).properties(title=f"direct logit attribution by head: {self.what}")
-        return alt.Chart(self.to_dataframe()).mark_bar().encode(x=alt.X("part:N", sort=None), y="value:Q",
-                                                                tooltip=["part", "value"]).properties(title=f"direct logit attribution: {self.what}")
-
 # %% ../nbs/44_attribution.ipynb #f4786852
 def _answer_ids(model, answer, n, what):
     ids = token_ids(model, answer, what)
@@ -145,13 +131,6 @@ class IGResult:
     def to_dataframe(self):
         import pandas as pd
         return pd.DataFrame({"pos": range(len(self.tokens)), "token": self.tokens, "score": self.scores.tolist()})
-
-    def chart(self):
-        import altair as alt
-        from deeplens.style import visible_whitespace          # tokens drawn as every view draws them: ' ' is ␣
-        df = self.to_dataframe(); df["label"] = [f"{p}:{visible_whitespace(t)}" for p, t in zip(df["pos"], df["token"])]
-        return alt.Chart(df).mark_bar().encode(x=alt.X("label:N", sort=None, title="token"), y="score:Q",
-                                               tooltip=["pos", "token", "score"]).properties(title=f"integrated gradients ({self.output})")
 
 # %% ../nbs/44_attribution.ipynb #da996eb8
 def _quadrature(steps: int, method: str, power: float = 1.0):

@@ -364,11 +364,6 @@ class CHGResult:
 
     def __repr__(self): return self.summary()
 
-    def chart(self, threshold: float = 0.5, **kw):
-        "Heatmaps of G⁺ and G⁻ (layer × head) and the roles: `deeplens.charts.gate_heatmaps`."
-        from deeplens.charts import gate_heatmaps
-        return gate_heatmaps(self, threshold, **kw)
-
     def save(self, path) -> Path:
         "One `.safetensors` file (atomic): per-mask gates as tensors, history and config as JSON metadata."
         from safetensors.torch import save_file

@@ -14,7 +14,7 @@ from .model import HookedModel
 from .sites import check_index, check_layers, check_positions
 
 # %% auto #0
-__all__ = ['unembed_fn', 'LensResult', 'logit_lens', 'convergence_chart', 'preservation_chart', 'TunedLens', 'lens_kl']
+__all__ = ['unembed_fn', 'LensResult', 'logit_lens', 'TunedLens', 'lens_kl']
 
 # %% ../nbs/40_lens.ipynb #10d50740
 def _check_model(model):
@@ -281,60 +281,6 @@ def _to_dataframe(self: LensResult):
     return pd.DataFrame(self._records())
 
 LensResult._records, LensResult.to_dataframe = _records, _to_dataframe
-
-# %% ../nbs/40_lens.ipynb #36fa7ca1
-def _altair():
-    try: import altair as alt
-    except ImportError:
-        raise ImportError("lens charts need altair: pip install altair") from None
-    return alt
-
-def _chart(c):
-    "Wrap an altair chart in `deeplens.charts.Chart`: it renders to SVG offline and never emits the vega-lite mimetype."
-    from deeplens.charts import Chart
-    return Chart(c)
-
-def _label(r: dict) -> str:
-    "A position's legend label: its token drawn with visible whitespace (the display layer's one mapping), cut to 12."
-    from deeplens.style import visible_whitespace
-    s = visible_whitespace(r["token"])
-    return f"{r['position']}: {s if len(s) <= 12 else s[:11] + '…'}"
-
-def convergence_chart(result: LensResult, batch: int = 0, width: int = 260, height: int = 200):
-    "KL(final ‖ layer), final-token probability and top-1 agreement per layer, one line per position (altair)."
-    alt = _altair()
-    b = result._bi(batch)
-    recs = [dict(r, label=_label(r)) for r in result._records() if r["batch"] == b]
-    data = alt.Data(values=recs)
-    base = alt.Chart(data).encode(x=alt.X("layer:Q", title="layer (resid_post)"),
-                                  color=alt.Color("label:N", title="position", sort=None),
-                                  tooltip=["layer:Q", "label:N", "top1:N", "kl:Q", "final_rank:Q", "final_prob:Q"])
-    kl = base.mark_line(point=True).encode(y=alt.Y("kl:Q", title="KL(final ‖ layer), nats")).properties(
-        width=width, height=height, title="distance to the final distribution")
-    prob = base.mark_line(point=True).encode(y=alt.Y("final_prob:Q", title="p(final top-1 token)")).properties(
-        width=width, height=height, title="probability of the final prediction")
-    agree = alt.Chart(data).mark_bar().encode(
-        x=alt.X("layer:O", title="layer"), y=alt.Y("mean(agree):Q", title="top-1 agreement", scale=alt.Scale(domain=[0, 1])),
-        tooltip=["layer:O", "mean(agree):Q"]).transform_calculate(agree="datum.agree ? 1 : 0").properties(
-        width=width, height=height, title="share of positions agreeing with the final top-1")
-    name = "Tuned lens" if result.kind == "tuned" else "Logit lens"
-    return _chart(alt.hconcat(kl, prob, agree).properties(title=f"{name}: convergence across layers"))
-
-def preservation_chart(result: LensResult, batch: int = 0, width: int = 420, height: int = 240):
-    "Rank of each position's own input token per layer (log scale, 1 = top), one line per position (altair)."
-    alt = _altair()
-    b = result._bi(batch)
-    recs = [dict(r, label=_label(r)) for r in result._records() if r["batch"] == b]
-    name = "Tuned lens" if result.kind == "tuned" else "Logit lens"
-    return _chart(alt.Chart(alt.Data(values=recs)).mark_line(point=True).encode(
-        x=alt.X("layer:Q", title="layer (resid_post)"),
-        y=alt.Y("input_rank:Q", title="rank of the input token (1 = top)", scale=alt.Scale(type="log", reverse=True)),
-        color=alt.Color("label:N", title="position", sort=None),
-        tooltip=["layer:Q", "label:N", "input_rank:Q", "top1:N"]).properties(
-        width=width, height=height, title=f"{name}: input-token preservation"))
-
-LensResult.convergence_chart = lambda self, **kw: convergence_chart(self, **kw)
-LensResult.preservation_chart = lambda self, **kw: preservation_chart(self, **kw)
 
 # %% ../nbs/40_lens.ipynb #f3761508
 def _token_windows(model: HookedModel, corpus, context_size: int, batch_size: int, repeat: bool = True):

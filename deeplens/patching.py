@@ -322,20 +322,11 @@ class PatchingResult:
             recs.append(r)
         return pd.DataFrame.from_records(recs)
 
-    def chart(self, width: int | None = None, height: int | None = None):
-        "A heatmap: layers down, positions (or heads) across; head × position sites get one row per head."
-        from deeplens.charts import patching_heatmap     # one implementation, in the charts module
-        return patching_heatmap(self, width, height)
-
 class PatchingResults(dict):
     "Several sites' `PatchingResult`s by site name, with one data frame and a side-by-side chart."
     def to_dataframe(self):
         import pandas as pd
         return pd.concat([r.to_dataframe() for r in self.values()], ignore_index=True)
-    def chart(self, width: int | None = None, height: int | None = None):
-        "The sites' heatmaps side by side, each with its own colour scale."
-        from deeplens.charts import patching_heatmap
-        return patching_heatmap(self, width, height)
     def __repr__(self): return "\n".join(repr(r) for r in self.values())
 
 # %% ../nbs/41_patching.ipynb #9dff7342
@@ -537,10 +528,6 @@ class PathPatchingResult:
     def to_dataframe(self):
         import pandas as pd
         return pd.DataFrame({"sender": self.senders, "value": self.values.tolist()})
-    def chart(self):
-        import altair as alt
-        return alt.Chart(self.to_dataframe()).mark_bar().encode(x=alt.X("sender:N", sort=None), y=alt.Y("value:Q", title=self.metric),
-                                                                tooltip=["sender", "value"]).properties(title="path patching → " + ", ".join(self.receivers))
 
 # %% ../nbs/41_patching.ipynb #fb542dc5
 def path_patching(model: HookedModel, clean, corrupted, senders, receivers, metric, separately: bool = False,

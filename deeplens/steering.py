@@ -257,11 +257,6 @@ class SteeringEvaluation:
         return (f"SteeringEvaluation(targets={self.target_tokens}, baseline P={self.baseline_prob:.4f}, "
                 f"baseline ppl={self.baseline_perplexity:.3f})\n" + "\n".join(rows))
 
-    def chart(self, **kw):
-        "Target probability (mean, per prompt, baseline) and perplexity cost against the coefficient: `deeplens.charts.steering_sweep`."
-        from deeplens.charts import steering_sweep
-        return steering_sweep(self, **kw)
-
 # %% ../nbs/42_steering.ipynb #afa35976
 def _target_ids(model: HookedModel, target_tokens) -> list[int]:
     if isinstance(target_tokens, (str, int)): target_tokens = [target_tokens]
