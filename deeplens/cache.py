@@ -12,7 +12,8 @@ from .sites import resolve_one, check_layer, check_layers, check_point
 from .hooks import apply_norm, norm_eps, norm_scale
 
 # %% auto #0
-__all__ = ['CacheKeyError', 'LazyDict', 'ActivationCache', 'keep_freed_memory', 'release_memory', 'paused_gc']
+__all__ = ['CacheKeyError', 'nbytes', 'LazyDict', 'ActivationCache', 'keep_freed_memory', 'release_memory',
+           'auto_keep_freed_memory', 'paused_gc']
 
 # %% ../nbs/02_cache.ipynb #1024d4d3
 def _slice_dim(t: torch.Tensor, sl, dim: int) -> torch.Tensor:
@@ -29,7 +30,7 @@ class CacheKeyError(KeyError):
     "A `KeyError` whose message prints as written (a plain `KeyError` shows the repr of its argument)."
     def __str__(self): return str(self.args[0]) if self.args else ""
 
-def _nbytes(tensors) -> int:
+def nbytes(tensors) -> int:
     "Bytes held by `tensors`, counting a tensor that several names share once."
     seen, total = set(), 0
     for t in tensors:
@@ -166,7 +167,7 @@ def _repr(self: ActivationCache) -> str:
     ref = next((t for k, t in self.cache_dict.items() if k.endswith(_RESIDUAL_LIKE)), None)
     if ref is not None and ref.ndim >= (3 if self.has_batch_dim else 2):
         size = f", batch {ref.shape[0]} × pos {ref.shape[1]}" if self.has_batch_dim else f", pos {ref.shape[0]} (no batch dim)"
-    mb = _nbytes(self.cache_dict.values()) / 2**20
+    mb = nbytes(self.cache_dict.values()) / 2**20
     arch = self._arch.get("architecture")
     lines = [f"ActivationCache({n} activation{'s' if n != 1 else ''}{size}, {mb:.2f} MB"
              + (f", {arch}" if arch else "") + ")"]
@@ -512,7 +513,7 @@ def release_memory() -> None:
 
 _OFF = ("0", "false", "no", "off")
 
-def _auto_keep_freed_memory(device) -> None:
+def auto_keep_freed_memory(device) -> None:
     "On the first cached forward on CPU: `keep_freed_memory()`, unless the environment says otherwise."
     if _memory["auto_checked"] or torch.device(device).type != "cpu": return
     _memory["auto_checked"] = True

@@ -11,7 +11,7 @@ from .registry import Display, register, on_register, entries, lookup, registere
 from .charts import (Chart, chart_builder, convergence_chart, preservation_chart, plot_topk_distribution,
                              generate_feature_heatmap, save_as)
 from . import lens as _lens, analysis as _analysis
-from .cache import ActivationCache, _nbytes
+from .cache import ActivationCache, nbytes
 from .model import HookedModel
 from .store import ActivationStore
 from .dataset import ActivationsDatasetBuilder
@@ -192,7 +192,7 @@ def cache_html(cache: ActivationCache) -> str:
     items = list(cache.cache_dict.items())
     rows = "".join(f"<tr><td><code>{_e(k)}</code></td><td>{_e(list(t.shape))}</td><td>{_e(str(t.dtype).removeprefix('torch.'))}</td>"
                    f"<td style='text-align:right'>{t.numel() * t.element_size() / 2**20:.3f}</td></tr>" for k, t in items)
-    total = _nbytes(t for _, t in items) / 2**20
+    total = nbytes(t for _, t in items) / 2**20
     return (f"{_STYLE}<div><b>{_e(repr(cache).splitlines()[0])}</b>"
             f"<div style='max-height:24em;overflow:auto'><table class='dl-cache'><thead><tr><th>name</th><th>shape</th>"
             f"<th>dtype</th><th>MB</th></tr></thead><tbody>{rows}</tbody>"

@@ -10,10 +10,10 @@ import torch
 from .sites import UnknownSiteError, check_layer, resolve_one
 from .model import HookedModel, load_model
 from .corpus import corpus
-from .store import ActivationStore, _stop_layer
+from .store import ActivationStore, stop_layer
 
 # %% auto #0
-__all__ = ['as_hooked_model', 'resolve_layer', 'resolve_hook', 'stop_layer', 'ExtractSingleSample', 'FromHuggingFace']
+__all__ = ['as_hooked_model', 'resolve_layer', 'resolve_hook', 'ExtractSingleSample', 'FromHuggingFace']
 
 # %% ../nbs/12_extractor.ipynb #e473d354
 def as_hooked_model(hf_model=None, device: str = "auto") -> HookedModel:
@@ -45,12 +45,6 @@ def resolve_hook(model: HookedModel, hook: str | None, layer: int) -> str:
     except UnknownSiteError as e:
         raise ValueError(f"unknown hook {hook!r}: give a full hook name (e.g. 'blocks.{layer}.mlp.hook_post') or one inside "
                          f"block {layer} (e.g. 'mlp.hook_post'). {e}") from None
-
-# %% ../nbs/12_extractor.ipynb #416906ea
-def stop_layer(model: HookedModel, names) -> int | None:
-    "The `stop_at_layer` that still reaches every hook in `names` (None: run the whole model)."
-    names = list(names)
-    return _stop_layer(model, names) if names else None   # the store's rule; no hooks at all: the whole model
 
 # %% ../nbs/12_extractor.ipynb #a32a95b9
 class ExtractSingleSample:

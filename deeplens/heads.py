@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .model import HookedModel, _loss
+from .model import HookedModel, next_token_loss
 from .sites import check_index, check_layers
 
 # %% auto #0
@@ -68,7 +68,7 @@ def head_scores(model: HookedModel, seq_len: int = 50, n_seqs: int = 16, seed: i
     with torch.no_grad(), model.hooks([(lambda n: n.endswith("attn.hook_pattern"), reduce)]):
         for i in range(0, n_seqs, batch_size):
             ids = toks[i:i + batch_size].to(model.device)
-            nll.append(_loss(model(ids), ids, torch.ones_like(ids), per_token=True).cpu())
+            nll.append(next_token_loss(model(ids), ids, torch.ones_like(ids), per_token=True).cpu())
     nll = torch.cat(nll)                         # [n_seqs, pos-1]; column t predicts token t+1
     out = {k: sums[k] / (n_seqs * len(stripes[k][0])) for k in stripes}
     # first copy: tokens b+1 .. b+L-1; second copy: tokens b+L+1 .. b+2L-1 (its first token is not predictable)
@@ -170,7 +170,7 @@ def _batch(examples, device, pad_id: int = 0):
 def _task_loss(model, ids, mask, labels, hooks):
     with model.hooks(hooks):
         logits = model(ids, attention_mask=mask)
-    return _loss(logits, ids, labels)                    # CE over the target tokens only
+    return next_token_loss(logits, ids, labels)                    # CE over the target tokens only
 
 # %% ../nbs/43_heads.ipynb #b8491a63
 class CausalHeadGating:

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from .adapters import Site
 
 # %% auto #0
-__all__ = ['Hook', 'layer_of', 'checked_call', 'norm_eps', 'norm_scale', 'norm_gain', 'apply_norm', 'normalize',
-           'softmax_pattern', 'hooked_attention', 'AttentionSwitch', 'Handle', 'SiteContext', 'head_results', 'attach',
-           'attach_reader', 'has_hooks', 'GradRecord', 'CallRecord', 'NodeGradRecord', 'capture_gradients',
-           'capture_kwargs_hook', 'tensor_grad_hook', 'autograd_node_hook', 'capture_backward_pre']
+__all__ = ['Hook', 'layer_of', 'checked_call', 'first_input', 'with_first_input', 'norm_eps', 'norm_scale', 'norm_gain',
+           'apply_norm', 'normalize', 'softmax_pattern', 'hooked_attention', 'AttentionSwitch', 'Handle', 'SiteContext',
+           'o_weight', 'head_results', 'attach', 'attach_reader', 'has_hooks', 'GradRecord', 'CallRecord',
+           'NodeGradRecord', 'capture_gradients', 'capture_kwargs_hook', 'tensor_grad_hook', 'autograd_node_hook',
+           'capture_backward_pre']
 
 # %% ../nbs/01_hooks.ipynb #92c6cb75
 @dataclass(eq=False)
@@ -60,11 +61,11 @@ def _rebuild(base, site: Site, new, batch):
     _canon(out, site, batch).copy_(new)
     return out
 
-def _first_input(args, kwargs):
+def first_input(args, kwargs):
     if args: return args[0]
     return next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
 
-def _with_first_input(args, kwargs, new):
+def with_first_input(args, kwargs, new):
     if args: return (new, *args[1:]), kwargs
     k = next(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
     return args, {**kwargs, k: new}
@@ -271,7 +272,7 @@ def _module(hf, path):
         if m is None: return hf.get_submodule(path)   # raises PyTorch's own error
     return m
 
-def _o_weight(o: nn.Module, n_heads, d_head):
+def o_weight(o: nn.Module, n_heads, d_head):
     "W_O of an output projection as [head, d_head, d_model], for Linear and GPT-2's Conv1D."
     w = o.weight if type(o).__name__ == "Conv1D" else o.weight.T
     return w.unflatten(0, (n_heads, d_head))
@@ -291,7 +292,7 @@ def attach(ctx: SiteContext, name: str, site: Site, fn: Callable, bwd: bool = Fa
     if site.flat:   # remember the batch size from the enclosing block's input
         block = _enclosing_block(ctx.hf, site.module)
         handles.append(block.register_forward_pre_hook(
-            lambda m, a, k: batch_box.__setitem__(0, _first_input(a, k).shape[0]), with_kwargs=True))
+            lambda m, a, k: batch_box.__setitem__(0, first_input(a, k).shape[0]), with_kwargs=True))
     call = lambda act: checked_call(fn, act, hook)
 
     def on_path(t, site_view):
@@ -313,13 +314,13 @@ def attach(ctx: SiteContext, name: str, site: Site, fn: Callable, bwd: bool = Fa
         handles.append(mod.register_forward_hook(fwd))
     elif site.kind == "in":
         def pre(m, args, kwargs):
-            base = _first_input(args, kwargs)
+            base = first_input(args, kwargs)
             new = on_path(base, view)
             if new is None: return None
             if site.inplace:
                 view(base).copy_(new)
                 return None
-            return _with_first_input(args, kwargs, _rebuild(base, site, new, batch))
+            return with_first_input(args, kwargs, _rebuild(base, site, new, batch))
         handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
     elif site.kind in ("scale", "normalized", "result"):
         # a norm's scale hooks run before its other hooks, so hook_normalized divides by a scale a hook wrote
@@ -353,10 +354,10 @@ _SCALES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictiona
 def _computed_hook(ctx, site, mod, call, bwd, batch):
     bias, kind = getattr(mod, "bias", None), ctx.normalization
     def compute(args, kwargs):
-        x0 = _first_input(args, kwargs)
+        x0 = first_input(args, kwargs)
         x = x0.unflatten(0, (batch(), -1)) if site.flat else x0
         if site.kind == "result":
-            return x0, x, head_results(x.unflatten(-1, (ctx.n_heads, ctx.d_head)), _o_weight(mod, ctx.n_heads, ctx.d_head))
+            return x0, x, head_results(x.unflatten(-1, (ctx.n_heads, ctx.d_head)), o_weight(mod, ctx.n_heads, ctx.d_head))
         if site.kind == "scale": return x0, x, norm_scale(x, kind, norm_eps(mod))
         known = _SCALES.get(mod)
         return x0, x, normalize(x, kind, norm_eps(mod), known[1] if known is not None and known[0]() is x0 else None)
@@ -404,7 +405,7 @@ def attach_reader(ctx: SiteContext, name: str, site: Site, keep: Callable) -> li
             keep(view(t) if view else t)
         return [mod.register_forward_hook(fwd)]
     def pre(m, args, kwargs):
-        t = _first_input(args, kwargs)
+        t = first_input(args, kwargs)
         keep(view(t) if view else t)
     return [mod.register_forward_pre_hook(pre, with_kwargs=True)]
 

@@ -13,13 +13,13 @@ from torch import nn
 from .adapters import ModelConfig, ArchSpec, Site, arch_spec, model_config, site_table
 from .sites import resolve, resolve_one
 from .hooks import (Hook, SiteContext, AttentionSwitch, attach, attach_reader, has_hooks, apply_norm,
-                            norm_eps, norm_scale, normalize, layer_of, head_results, softmax_pattern, _o_weight)
-from .cache import ActivationCache, LazyDict, _auto_keep_freed_memory, paused_gc
+                            norm_eps, norm_scale, normalize, layer_of, head_results, softmax_pattern, o_weight)
+from .cache import ActivationCache, LazyDict, auto_keep_freed_memory, paused_gc
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'cache_dir', 'default_model_path', 'load_model', 'HookedModel', 'hooks', 'add_hook', 'reset_hooks',
-           'encode', 'to_tokens', 'to_str_tokens', 'to_string', 'to_single_token', 'forward', 'run_with_hooks',
-           'Derived', 'derived_sites', 'run_with_cache', 'generate', 'norm_module']
+           'encode', 'to_tokens', 'to_str_tokens', 'to_string', 'to_single_token', 'next_token_loss', 'forward',
+           'run_with_hooks', 'Derived', 'derived_sites', 'run_with_cache', 'generate', 'norm_module']
 
 # %% ../nbs/03_model.ipynb #78fa6d96
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -264,7 +264,8 @@ HookedModel.encode, HookedModel.to_tokens, HookedModel.to_str_tokens, HookedMode
     encode, to_tokens, to_str_tokens, to_string, to_single_token
 
 # %% ../nbs/03_model.ipynb #74a50960
-def _loss(logits, ids, mask, per_token=False):
+def next_token_loss(logits, ids, mask, per_token=False):
+    "Mean cross-entropy of predicting `ids[:, 1:]` from `logits[:, :-1]` over positions where `mask` is 1 (`per_token`: the masked losses)."
     lp = torch.log_softmax(logits[:, :-1].float(), -1)
     nll = -lp.gather(-1, ids[:, 1:, None])[..., 0]
     m = mask[:, 1:].to(nll.dtype)
@@ -323,7 +324,7 @@ def _run(self: HookedModel, ids, mask, return_type="logits", stop_at_layer: int 
     logits = self.hf(**kw).logits
     if return_type == "logits": return logits
     if return_type is None: return None
-    loss = _loss(logits, ids, mask)
+    loss = next_token_loss(logits, ids, mask)
     return loss if return_type == "loss" else (logits, loss)
 
 def forward(self: HookedModel, inputs, return_type: str | None = "logits", *, attention_mask=None,
@@ -356,7 +357,7 @@ def _add(a, b): return a + b
 
 def _result(z, o, c):
     "`hook_result` from `hook_z`, computed where the hook computes it (the model's device), then moved to z's device."
-    w = _o_weight(o, c.n_heads, c.d_head).detach()
+    w = o_weight(o, c.n_heads, c.d_head).detach()
     return head_results(z.to(w.device), w).to(z.device)
 
 def derived_sites(self: HookedModel) -> dict[str, Derived]:
@@ -522,7 +523,7 @@ def run_with_cache(self: HookedModel, inputs, names_filter=None, *, pos_slice=No
     names = self.names(names_filter)
     ids, mask = _prepare(self, inputs, *(kw.pop(k, None) for k in ("attention_mask", "prepend_bos", "padding_side")))
     pos_slice = _positions(pos_slice, ids.shape[1])
-    _auto_keep_freed_memory(self.device)      # reuse the last cache's memory instead of faulting in fresh pages
+    auto_keep_freed_memory(self.device)      # reuse the last cache's memory instead of faulting in fresh pages
     autocast = torch.is_autocast_enabled(self.device.type)
     lazy = pos_slice is None and device is None and not incl_bwd and not self.hf.training and not autocast
     saved = {}

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import torch
 from .adapters import SHORT_NAMES
 from .sites import check_heads, check_layer, check_layers, check_positions, parse_node, resolve
-from .hooks import _first_input, _with_first_input
+from .hooks import first_input, with_first_input
 from .model import HookedModel
 
 # %% auto #0
@@ -365,7 +365,7 @@ def _prefix_cache(model, ids, layers):
     if not layers or model._persistent: return None     # hooks added with add_hook must see every block run
     ok, handles = [], []
     def check(mod, args, kwargs, out):
-        x = _first_input(args, kwargs)
+        x = first_input(args, kwargs)
         ok.append(isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype)
     for blk in _blocks(model): handles.append(blk.register_forward_hook(check, with_kwargs=True))
     try:
@@ -381,10 +381,10 @@ def _start_at(model, layer: int, resid: torch.Tensor | None):
     if layer == 0 or resid is None:
         yield; return
     blocks = _blocks(model)
-    def passthrough(*args, **kwargs): return _first_input(args, kwargs)
+    def passthrough(*args, **kwargs): return first_input(args, kwargs)
     def inject(mod, args, kwargs):
-        x = _first_input(args, kwargs)
-        return _with_first_input(args, kwargs, resid.to(x.device, x.dtype).repeat(x.shape[0] // resid.shape[0], 1, 1))
+        x = first_input(args, kwargs)
+        return with_first_input(args, kwargs, resid.to(x.device, x.dtype).repeat(x.shape[0] // resid.shape[0], 1, 1))
     handle = blocks[layer].register_forward_pre_hook(inject, with_kwargs=True, prepend=True)
     try:
         for l in range(layer): blocks[l].forward = passthrough
@@ -401,11 +401,11 @@ def unembed_at(model, pos: int | None):
     if pos is None:
         yield; return
     def pre(mod, args, kwargs):
-        x = _first_input(args, kwargs)
+        x = first_input(args, kwargs)
         p = pos % x.shape[1]
         x = x[:, p:p + 1]
         if x.shape[0] < _MIN_ROWS: x = torch.cat([x, x.new_zeros(_MIN_ROWS - x.shape[0], *x.shape[1:])])
-        return _with_first_input(args, kwargs, x)
+        return with_first_input(args, kwargs, x)
     handle = model.hf.get_submodule(model.spec.unembed).register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
     try: yield
     finally: handle.remove()

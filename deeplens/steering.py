@@ -8,7 +8,7 @@ import contextlib, json, math, os
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
-from .model import HookedModel, _loss
+from .model import HookedModel, next_token_loss
 from .sites import check_layer
 
 # %% auto #0
@@ -275,7 +275,7 @@ def _perplexity(model, texts, hooks, batch_size=8):
         for i in range(0, len(texts), batch_size):
             chunk = texts[i:i + batch_size]
             toks, mask = model.encode(chunk, padding_side="right")
-            nll += float(_loss(model(toks, attention_mask=mask), toks, mask, per_token=True).sum())
+            nll += float(next_token_loss(model(toks, attention_mask=mask), toks, mask, per_token=True).sum())
             n += int(mask[:, 1:].sum())
     return float(torch.tensor(nll / max(n, 1)).exp())
 

@@ -21,7 +21,8 @@ from .hooks import layer_of
 from .model import HookedModel, load_model
 
 # %% auto #0
-__all__ = ['pack', 'plan', 'CorruptShard', 'model_fingerprint', 'NonFiniteActivations', 'ActivationStore', 'StoreLocked']
+__all__ = ['pack', 'plan', 'CorruptShard', 'model_fingerprint', 'NonFiniteActivations', 'stop_layer', 'ActivationStore',
+           'StoreLocked']
 
 # %% ../nbs/11_store.ipynb #d0e0ac7c
 @dataclass
@@ -238,9 +239,10 @@ def _special_ids(tok) -> list[int]:
 class NonFiniteActivations(ValueError):
     "The model produced NaN/inf activations; the message names the hook and the global row index."
 
-def _stop_layer(m: HookedModel, names: list[str]) -> int | None:
-    "The `stop_at_layer` that still runs every hook in `names`, or None if the full forward is needed."
-    stop = 0
+def stop_layer(m: HookedModel, names) -> int | None:
+    "The `stop_at_layer` that still runs every hook in `names`, or None if the full forward is needed (or no hook is named)."
+    names, stop = list(names), 0
+    if not names: return None
     for n in names:
         l = layer_of(n)
         if l is None and n not in ("hook_embed", "hook_pos_embed"): return None
@@ -304,7 +306,7 @@ class _Runner:
     "The forwards of a build: a probe that learns every hook's row shape, then one forward per batch, its rows captured."
     def __init__(self, m: HookedModel, names: list[str], dtype: torch.dtype):
         self.m, self.names, self.cap = m, names, _Capture(m, names, dtype)
-        self.stop = _stop_layer(m, names)
+        self.stop = stop_layer(m, names)
         self.kw = _forward_kwargs(m, names, self.stop)
 
     def hooks(self):
