@@ -4,12 +4,13 @@
 
 # %% ../nbs/43_heads.ipynb #336f4f48
 from __future__ import annotations
-import json, math, os
+import json, math
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from .files import atomic_write
 from .model import HookedModel, next_token_loss
 from .sites import check_index, check_layers
 
@@ -367,16 +368,10 @@ class CHGResult:
     def save(self, path) -> Path:
         "One `.safetensors` file (atomic): per-mask gates as tensors, history and config as JSON metadata."
         from safetensors.torch import save_file
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": _FORMAT, "version": 1, "history": self.history, "config": self.config}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            save_file({"G_plus_all": self.G_plus_all.contiguous(), "G_minus_all": self.G_minus_all.contiguous(),
-                       "G_stage1_all": self.G_stage1_all.contiguous()}, str(tmp), metadata={"deeplens": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists(): tmp.unlink()
-        return path
+        gates = {"G_plus_all": self.G_plus_all.contiguous(), "G_minus_all": self.G_minus_all.contiguous(),
+                 "G_stage1_all": self.G_stage1_all.contiguous()}
+        return atomic_write(path, lambda f: save_file(gates, str(f), metadata={"deeplens": json.dumps(meta)}))
 
     @classmethod
     def load(cls, path) -> "CHGResult":

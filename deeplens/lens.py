@@ -4,12 +4,14 @@
 
 # %% ../nbs/40_lens.ipynb #8b1909f3
 from __future__ import annotations
-import json, math, os, random, tempfile, warnings
+import json, math, random, warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 import torch
 from torch import nn
 import torch.nn.functional as F
+from fastcore.basics import patch
+from .files import atomic_write, write_json
 from .model import HookedModel
 from .sites import check_index, check_layers, check_positions
 
@@ -143,7 +145,9 @@ def _thin(n: int, most: int) -> list[int]:
     idx = list(range(0, n - 1, step))
     return idx + [n - 1]
 
-def _grid(self: LensResult, batch: int = 0, max_rows: int = 12, max_cols: int = 8, width: int = 10) -> str:
+@patch
+def grid(self: LensResult, batch: int = 0, max_rows: int = 12, max_cols: int = 8, width: int = 10) -> str:
+    "The top-1 token of each (thinned) layer after each of the last `max_cols` positions, as a text grid."
     b = self._bi(batch)
     cols = list(range(len(self.positions)))[-max_cols:]
     rows = _thin(len(self.layers), max_rows)
@@ -155,28 +159,28 @@ def _grid(self: LensResult, batch: int = 0, max_rows: int = 12, max_cols: int = 
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(head)] + [line(r) for r in body])
 
-def _repr(self: LensResult) -> str:
+@patch
+def __repr__(self: LensResult) -> str:
     name = {"logit": "logit lens", "tuned": "tuned lens"}.get(self.kind, self.kind)
     T = self.tokens.shape[1]
     s = (f"LensResult({name}{' on ' + self.model_name if self.model_name else ''}: {len(self.layers)} of {self.n_layers} "
          f"layers × {len(self.positions)} of {T} positions, batch {self.batch_size}, top-{self.top_k})\n"
          f"top-1 prediction per layer (rows) after each input token (columns), input 0:\n")
-    s += _grid(self)
+    s += self.grid()
     s += f"\nmean KL(final ‖ layer) by layer: " + ", ".join(
         f"{l}: {v:.2f}" for l, v in zip([self.layers[i] for i in _thin(len(self.layers), 8)],
-                                        self._mean_kl()[_thin(len(self.layers), 8)].tolist()))
+                                        self.mean_kl[_thin(len(self.layers), 8)].tolist()))
     return s
 
-def _mean_kl(self: LensResult) -> torch.Tensor:
-    "KL averaged over the real (non-padding) tokens, per selected layer."
+@patch(as_prop=True)
+def mean_kl(self: LensResult) -> torch.Tensor:
+    "KL(final ‖ layer) averaged over real tokens, one value per selected layer."
     m = self.mask[:, self.positions].to(self.kl.dtype)
     return (self.kl * m).sum((1, 2)) / m.sum()
 
-LensResult.grid, LensResult.__repr__, LensResult._mean_kl = _grid, _repr, _mean_kl
-LensResult.mean_kl = property(_mean_kl, doc="KL(final ‖ layer) averaged over real tokens, one value per selected layer.")
-
 # %% ../nbs/40_lens.ipynb #d3580a21
-def _print(self: LensResult, layer_step: int = 1, top_k: int = 5, positions=None, batch: int = 0, file=None):
+@patch
+def print(self: LensResult, layer_step: int = 1, top_k: int = 5, positions=None, batch: int = 0, file=None):
     "Print each position's top-k predictions every `layer_step` layers (the last layer always shown)."
     if not isinstance(layer_step, int) or layer_step < 1: raise ValueError(f"layer_step must be an int ≥ 1, got {layer_step!r}")
     if not isinstance(top_k, int) or not 1 <= top_k <= self.top_k:
@@ -200,8 +204,6 @@ def _print(self: LensResult, layer_step: int = 1, top_k: int = 5, positions=None
                              zip(self.top_ids[r, b, pi, :top_k].tolist(), self.top_probs[r, b, pi, :top_k].tolist()))
             out.append(f"  layer {self.layers[r]:>3}  KL {self.kl[r, b, pi].item():6.2f}  | {toks}")
     print("\n".join(out), file=file)
-
-LensResult.print = _print
 
 # %% ../nbs/40_lens.ipynb #322c94f8
 @torch.no_grad()
@@ -254,7 +256,9 @@ def logit_lens(model: HookedModel, inputs, *, layers=None, positions=None, top_k
     return lens.lens(model, inputs, layers=layers, positions=positions, top_k=top_k, prepend_bos=prepend_bos)
 
 # %% ../nbs/40_lens.ipynb #624aea52
+@patch
 def _records(self: LensResult) -> list[dict]:
+    "One dict per (batch, layer, position) of real tokens."
     rows = []
     top_ids, top_probs = self.top_ids.tolist(), self.top_probs.tolist()
     cols = {k: getattr(self, k).tolist() for k in ("kl", "entropy", "final_rank", "final_prob", "agree", "input_rank")}
@@ -273,14 +277,13 @@ def _records(self: LensResult) -> list[dict]:
                                  input_rank=cols["input_rank"][li][b][pi]))
     return rows
 
-def _to_dataframe(self: LensResult):
+@patch
+def to_dataframe(self: LensResult):
     "One row per (batch, layer, position) of real tokens: top-k, KL, final-token rank/probability, agreement, input rank."
     try: import pandas as pd
     except ImportError:
         raise ImportError("LensResult.to_dataframe needs pandas: pip install pandas (or pip install 'deeplens[analysis]')") from None
     return pd.DataFrame(self._records())
-
-LensResult._records, LensResult.to_dataframe = _records, _to_dataframe
 
 # %% ../nbs/40_lens.ipynb #f3761508
 def _token_windows(model: HookedModel, corpus, context_size: int, batch_size: int, repeat: bool = True):
@@ -369,8 +372,9 @@ class TunedLens:
                          translate=self.translate, kind="tuned")
 
 # %% ../nbs/40_lens.ipynb #320c408a
-def _fit(self: TunedLens, model: HookedModel, corpus, *, steps: int = 100, lr: float = 1e-3, batch_size: int = 4,
-         context_size: int = 64, layers_per_step: int | None = None, seed: int = 0, progress: bool = True) -> TunedLens:
+@patch
+def fit(self: TunedLens, model: HookedModel, corpus, *, steps: int = 100, lr: float = 1e-3, batch_size: int = 4,
+        context_size: int = 64, layers_per_step: int | None = None, seed: int = 0, progress: bool = True) -> TunedLens:
     "Train the translators (in place) on `corpus` (texts or token-id sequences) by KL to the model's final distribution."
     from tqdm.auto import tqdm
     self._check_model(model)
@@ -426,14 +430,13 @@ def _fit(self: TunedLens, model: HookedModel, corpus, *, steps: int = 100, lr: f
                               tokens=self.training_info.get("tokens", 0) + done * batch_size * context_size)
     return self
 
-def _train(cls, model: HookedModel, corpus, *, steps: int = 100, lr: float = 1e-3, batch_size: int = 4,
-           context_size: int = 64, layers_per_step: int | None = None, seed: int = 0, progress: bool = True) -> TunedLens:
+@patch(cls_method=True)
+def train(cls: TunedLens, model: HookedModel, corpus, *, steps: int = 100, lr: float = 1e-3, batch_size: int = 4,
+          context_size: int = 64, layers_per_step: int | None = None, seed: int = 0, progress: bool = True) -> TunedLens:
     "A new tuned lens for `model`, trained on `corpus` (see `fit`)."
     torch.manual_seed(seed)
     return cls(model).fit(model, corpus, steps=steps, lr=lr, batch_size=batch_size, context_size=context_size,
                           layers_per_step=layers_per_step, seed=seed, progress=progress)
-
-TunedLens.fit, TunedLens.train = _fit, classmethod(_train)
 
 # %% ../nbs/40_lens.ipynb #5890b602
 @torch.no_grad()
@@ -464,17 +467,8 @@ def lens_kl(model: HookedModel, corpus, lens: TunedLens | None = None, *, contex
 # %% ../nbs/40_lens.ipynb #bba30e42
 _FORMAT = "deeplens.tuned_lens"
 
-def _atomic_write(path: Path, write):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
-
-def _save(self: TunedLens, path) -> Path:
+@patch
+def save(self: TunedLens, path) -> Path:
     "Write `tuned_lens.safetensors` + `tuned_lens.json` into directory `path` (created if needed)."
     from safetensors.torch import save_file
     path = Path(path)
@@ -483,11 +477,12 @@ def _save(self: TunedLens, path) -> Path:
                for l, t in enumerate(self.translators) for k, v in (("weight", t.weight), ("bias", t.bias))}
     meta = dict(format=_FORMAT, version=1, d_model=self.d_model, n_layers=self.n_layers, model=self.model_info,
                 training=self.training_info, history=self.history)
-    _atomic_write(path / "tuned_lens.safetensors", lambda f: save_file(tensors, f))
-    _atomic_write(path / "tuned_lens.json", lambda f: Path(f).write_text(json.dumps(meta, indent=1)))
+    atomic_write(path / "tuned_lens.safetensors", lambda f: save_file(tensors, str(f)))
+    write_json(path / "tuned_lens.json", meta)               # last: a lens without its JSON does not load
     return path
 
-def _load(cls, path, model: HookedModel | None = None) -> TunedLens:
+@patch(cls_method=True)
+def load(cls: TunedLens, path, model: HookedModel | None = None) -> TunedLens:
     "Read a lens written by `save`; with `model`, check it fits and move it to the model's device."
     from safetensors.torch import load_file
     path = Path(path)
@@ -509,5 +504,3 @@ def _load(cls, path, model: HookedModel | None = None) -> TunedLens:
         lens._check_model(model)
         lens.to(model.device)
     return lens
-
-TunedLens.save, TunedLens.load = _save, classmethod(_load)

@@ -4,10 +4,12 @@
 
 # %% ../nbs/42_steering.ipynb #c2246d1e
 from __future__ import annotations
-import contextlib, json, math, os
+import contextlib, json, math
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
+from fastcore.basics import patch
+from .files import atomic_write
 from .model import HookedModel, next_token_loss
 from .sites import check_layer
 
@@ -82,9 +84,9 @@ class SteeringVector:
         return SteeringVector(self.vector / self.vector.float().norm().clamp(min=1e-12), self.layer, self.site, {**self.meta, "normalized": True})
 
 # %% ../nbs/42_steering.ipynb #35ea9799
-@classmethod
-def _from_contrast(cls, model: HookedModel, positive, negative, layer: int | None = None, read_positions: str = "last",
-                   site: str = "resid_pre") -> SteeringVector:
+@patch(cls_method=True)
+def from_contrast(cls: SteeringVector, model: HookedModel, positive, negative, layer: int | None = None,
+                  read_positions: str = "last", site: str = "resid_pre") -> SteeringVector:
     """CAA: `mean(resid(positive)) − mean(resid(negative))` at `blocks.{layer}.hook_{site}`, reading each prompt's
     last token (`read_positions="last"`) or its mean over tokens (`"mean"`)."""
     pos, neg = _texts(positive, "positive"), _texts(negative, "negative")
@@ -103,16 +105,14 @@ def _from_contrast(cls, model: HookedModel, positive, negative, layer: int | Non
     return cls(v.cpu(), layer, site, {"method": "contrast", "read_positions": read_positions,
                                       "n_positive": len(pos), "n_negative": len(neg)})
 
-SteeringVector.from_contrast = _from_contrast
-
 # %% ../nbs/42_steering.ipynb #91410e74
 def _pad_id(model: HookedModel) -> int:
     sp = model.tokenizer.encode(" ", add_special_tokens=False)
     return sp[0] if len(sp) == 1 else model.tokenizer.pad_token_id
 
-@classmethod
-def _from_prompts(cls, model: HookedModel, plus: str, minus: str, layer: int | None = None,
-                  site: str = "resid_pre") -> SteeringVector:
+@patch(cls_method=True)
+def from_prompts(cls: SteeringVector, model: HookedModel, plus: str, minus: str, layer: int | None = None,
+                 site: str = "resid_pre") -> SteeringVector:
     "ActAdd: `resid(plus) − resid(minus)` position by position, a `[n_pos, d_model]` block added at the start."
     if not isinstance(plus, str) or not isinstance(minus, str) or not plus or not minus:
         raise ValueError("from_prompts takes two non-empty strings, plus and minus (e.g. 'Love', 'Hate')")
@@ -126,8 +126,6 @@ def _from_prompts(cls, model: HookedModel, plus: str, minus: str, layer: int | N
         _, cache = model.run_with_cache(torch.stack([pad(a), pad(b)]), [name])
     r = cache[name].float()
     return cls((r[0] - r[1]).cpu(), layer, site, {"method": "actadd", "plus": plus, "minus": minus})
-
-SteeringVector.from_prompts = _from_prompts
 
 # %% ../nbs/42_steering.ipynb #fa955f4a
 class SteeringHook:
@@ -163,23 +161,25 @@ class SteeringHook:
         if not keep.any(): return None
         return act + keep[:, None].to(act.dtype) * v
 
-def _hook(self: SteeringVector, coef: float = 1.0, positions="all", prompt_len: int | None = None):
+@patch
+def hook(self: SteeringVector, coef: float = 1.0, positions="all", prompt_len: int | None = None):
     "A `(hook_name, fn)` pair for `fwd_hooks`: add `coef · vector` on all positions, only `'new'` ones, or the first n."
     return (self.hook_name, SteeringHook(self.vector, coef, positions, prompt_len))
 
+@patch
 @contextlib.contextmanager
-def _applied(self: SteeringVector, model: HookedModel, coef: float = 1.0, positions="all", prompt_len: int | None = None):
+def applied(self: SteeringVector, model: HookedModel, coef: float = 1.0, positions="all", prompt_len: int | None = None):
     "Context manager: the vector is added inside the block (hooks removed on exit, also on errors)."
     self._check(model)
     with model.hooks([self.hook(coef, positions, prompt_len)]): yield model
 
+@patch
 def _check(self: SteeringVector, model: HookedModel):
+    "Refuse a model this vector does not fit (layer out of range, another d_model)."
     check_layer(model, self.layer)
     if self.d_model != model.cfg.d_model:
         raise ValueError(f"this vector has d_model={self.d_model} but the model has d_model={model.cfg.d_model}; "
                          "it was built from a different model")
-
-SteeringVector.hook, SteeringVector.applied, SteeringVector._check = _hook, _applied, _check
 
 # %% ../nbs/42_steering.ipynb #02176b00
 def generate_with_steering(model: HookedModel, prompt, vector: SteeringVector, coefficient: float = 4.0,
@@ -191,22 +191,15 @@ def generate_with_steering(model: HookedModel, prompt, vector: SteeringVector, c
     return model.generate(prompt, max_new_tokens=max_new_tokens, fwd_hooks=[(name, fn)], **generate_kwargs)
 
 # %% ../nbs/42_steering.ipynb #f3aaa8e3
-def _save(self: SteeringVector, path) -> Path:
+@patch
+def save(self: SteeringVector, path) -> Path:
     "Write the vector to one `.safetensors` file (atomically), layer, site and provenance as JSON metadata."
     from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": _FORMAT, "version": 1, "layer": self.layer, "site": self.site, "meta": self.meta}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file({"vector": self.vector.contiguous()}, str(tmp), metadata={"deeplens": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
+    return atomic_write(path, lambda f: save_file({"vector": self.vector.contiguous()}, str(f), metadata={"deeplens": json.dumps(meta)}))
 
-@classmethod
-def _load(cls, path) -> SteeringVector:
+@patch(cls_method=True)
+def load(cls: SteeringVector, path) -> SteeringVector:
     "Read a vector written by `save`."
     from safetensors import safe_open
     path = Path(path)
@@ -217,8 +210,6 @@ def _load(cls, path) -> SteeringVector:
         v = f.get_tensor("vector")
     meta = json.loads(raw)
     return cls(v, int(meta["layer"]), meta["site"], meta.get("meta") or {})
-
-SteeringVector.save, SteeringVector.load = _save, _load
 
 # %% ../nbs/42_steering.ipynb #023ad5d2
 @dataclass(eq=False)
