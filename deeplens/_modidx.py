@@ -167,6 +167,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                  'deeplens/attribution.py'),
                                       'deeplens.attribution.direct_logit_attribution': ( 'attribution.html#direct_logit_attribution',
                                                                                          'deeplens/attribution.py'),
+                                      'deeplens.attribution.embedding_grads': ( 'attribution.html#embedding_grads',
+                                                                                'deeplens/attribution.py'),
                                       'deeplens.attribution.integrated_gradients': ( 'attribution.html#integrated_gradients',
                                                                                      'deeplens/attribution.py'),
                                       'deeplens.attribution.neuron_attribution': ( 'attribution.html#neuron_attribution',

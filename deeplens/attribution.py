@@ -12,7 +12,7 @@ from .patching import token_ids, as_metric, unembed_at
 from .sites import check_layers
 
 # %% auto #0
-__all__ = ['DLAResult', 'direct_logit_attribution', 'IGResult', 'integrated_gradients', 'SentenceImportance',
+__all__ = ['DLAResult', 'direct_logit_attribution', 'IGResult', 'embedding_grads', 'integrated_gradients', 'SentenceImportance',
            'sentence_importance', 'CausalCircuitAttribution', 'NeuronAttribution', 'neuron_attribution']
 
 # %% ../nbs/44_attribution.ipynb #94a56c36
@@ -157,13 +157,27 @@ def _output_fn(output, target, pos):
         return last[:, target]
     return f
 
-def _with_embeddings(model, ids, emb, fn, pos: int | None = None):
-    "Run `ids` (repeated to emb's batch) with the token embeddings replaced by `emb`; returns fn(logits), unembedding only `pos` when given."
+def _with_embeddings(model, ids, emb, fn, pos: int | None = None, hooks=()):
+    """Run `ids` (repeated to emb's batch) with the token embeddings replaced by `emb` and `hooks` added;
+    returns fn(logits), unembedding only `pos` when given."""
     def put(act, hook): return emb
     kw = {"use_cache": False} if "use_cache" in model._fwd_params else {}
     b = emb.shape[0]
-    with model.hooks([("hook_embed", put)]), unembed_at(model, pos):
+    with model.hooks([("hook_embed", put), *hooks]), unembed_at(model, pos):
         return fn(model(ids.expand(b, -1), **kw)[:b])
+
+def embedding_grads(model: HookedModel, ids, fn, emb=None, hooks=(), pos: int | None = None):
+    """`(fn(logits), ∂ sum(fn(logits)) / ∂emb)` for a run of `ids` `[1, pos]` whose token embeddings (`hook_embed`)
+    are replaced by `emb` `[batch, pos, d_model]` (default: the input's own; `ids` is repeated to emb's batch, so one
+    backward differentiates many embeddings). `hooks`: more forward hooks for the run; `pos`: unembed only there."""
+    if emb is None:
+        with torch.no_grad(): _, cache = model.run_with_cache(ids, "hook_embed")
+        emb = cache["hook_embed"]
+    emb = emb.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = _with_embeddings(model, ids, emb, fn, pos, hooks)
+        g, = torch.autograd.grad(out.sum(), emb)
+    return out.detach(), g
 
 def integrated_gradients(model: HookedModel, text, target, steps: int = 50, baseline="zero", pos: int = -1,
                          output: str = "logit", method: str = "gausslegendre", batch_size: int = 16,
@@ -190,10 +204,7 @@ def integrated_gradients(model: HookedModel, text, target, steps: int = 50, base
     grad_sum = torch.zeros_like(x, dtype=torch.float64)
     for s in range(0, len(alphas), batch_size):
         a = alphas[s:s + batch_size].to(x.device, x.dtype)[:, None, None]
-        emb = (base + a * (x - base)).detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = _with_embeddings(model, ids, emb, F, pos)
-            g, = torch.autograd.grad(out.sum(), emb)
+        _, g = embedding_grads(model, ids, F, base + a * (x - base), pos=pos)
         grad_sum += (g.double() * weights[s:s + batch_size].to(g.device)[:, None, None]).sum(0, keepdim=True)
     scores = ((x - base).double() * grad_sum).sum(-1)[0].float()
     with torch.no_grad(): fx, fb = _with_embeddings(model, ids, torch.cat([x, base]), F, pos).tolist()
@@ -266,13 +277,11 @@ def sentence_importance(model: HookedModel, document: str, sentences, summary: s
         toks = [i for i, (a, b) in enumerate(offsets[:first]) if b > a and a < end and b > start]
         if not toks: raise ValueError(f"sentence {s!r} covers no tokens")
         spans.append((toks[0], toks[-1] + 1))
-    with torch.no_grad(): _, cache = model.run_with_cache(ids, "hook_embed")
-    emb = cache["hook_embed"].detach().clone().requires_grad_(True)
-    with torch.enable_grad(), model.hooks([("hook_embed", lambda act, hook: emb)] + _head_mask_hooks(model, head_mask)):
-        logits = model(ids)
+    def summary_loss(logits):
+        "Mean next-token loss of the summary tokens."
         lp = torch.log_softmax(logits[0, first - 1:-1].float(), -1)
-        loss = -lp.gather(-1, ids[0, first:, None])[:, 0].mean()
-        g, = torch.autograd.grad(loss, emb)
+        return -lp.gather(-1, ids[0, first:, None])[:, 0].mean()
+    loss, g = embedding_grads(model, ids, summary_loss, hooks=_head_mask_hooks(model, head_mask))
     norms = g[0].float().norm(dim=-1).cpu()
     agg = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax}[reduce]
     scores = torch.stack([agg(norms[a:b]) for a, b in spans])
