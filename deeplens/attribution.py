@@ -56,8 +56,9 @@ class DLAResult:
         import pandas as pd
         return pd.DataFrame({"part": self.labels, "value": self.mean().tolist()})
 
-# %% ../nbs/44_attribution.ipynb #f4786852
+# %% ../nbs/44_attribution.ipynb #155daf62
 def _answer_ids(model, answer, n, what):
+    "The answer's token id, one per prompt (`n`)."
     ids = token_ids(model, answer, what)
     if ids.numel() not in (1, n): raise ValueError(f"{what}: give one token or one per prompt ({n}); got {ids.numel()}")
     return ids.expand(n) if ids.numel() == 1 else ids
@@ -67,6 +68,7 @@ def _answer_logit(last, a, c=None):
     v = last.gather(-1, a[:, None].to(last.device))[:, 0]
     return v if c is None else v - last.gather(-1, c[:, None].to(last.device))[:, 0]
 
+# %% ../nbs/44_attribution.ipynb #dfaac9b2
 def direct_logit_attribution(model: HookedModel, inputs, answer, contrast=None, by: str = "head", pos: int = -1) -> DLAResult:
     "Split logit(answer) [− logit(contrast)] at `pos` into the direct contributions of heads, layers or components."
     if by not in ("head", "layer", "component"): raise ValueError(f"by must be 'head', 'layer' or 'component', got {by!r}")
@@ -132,7 +134,7 @@ class IGResult:
         import pandas as pd
         return pd.DataFrame({"pos": range(len(self.tokens)), "token": self.tokens, "score": self.scores.tolist()})
 
-# %% ../nbs/44_attribution.ipynb #da996eb8
+# %% ../nbs/44_attribution.ipynb #21117295
 def _quadrature(steps: int, method: str, power: float = 1.0):
     "Nodes α in [0, 1] and weights summing to 1, for the path parameterised as α = t**power."
     if not isinstance(steps, int) or steps < 1: raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -148,7 +150,9 @@ def _quadrature(steps: int, method: str, power: float = 1.0):
     # ∫ g(α) dα = ∫ g(t^p) p t^(p-1) dt: same integral, nodes packed near α = 0
     return t ** power, w * power * t ** (power - 1)
 
+# %% ../nbs/44_attribution.ipynb #dbe9e325
 def _output_fn(output, target, pos):
+    "F: logits → the target's logit, log-probability or probability at `pos`, one value per row."
     if output not in ("logit", "logprob", "prob"): raise ValueError(f"output must be 'logit', 'logprob' or 'prob', got {output!r}")
     def f(logits):
         last = logits[:, pos].float() if logits.shape[1] > 1 else logits[:, 0].float()
@@ -179,6 +183,7 @@ def embedding_grads(model: HookedModel, ids, fn, emb=None, hooks=(), pos: int | 
         g, = torch.autograd.grad(out.sum(), emb)
     return out.detach(), g
 
+# %% ../nbs/44_attribution.ipynb #44556452
 def integrated_gradients(model: HookedModel, text, target, steps: int = 50, baseline="zero", pos: int = -1,
                          output: str = "logit", method: str = "gausslegendre", batch_size: int = 16,
                          power: float = 1.0, keep_first: bool = True) -> IGResult:
@@ -216,7 +221,7 @@ def integrated_gradients(model: HookedModel, text, target, steps: int = 50, base
                       "or keep_first=True (moving the first token, the attention sink, makes the path very steep)")
     return res
 
-# %% ../nbs/44_attribution.ipynb #df7572bb
+# %% ../nbs/44_attribution.ipynb #dd6791ef
 @dataclass
 class SentenceImportance:
     "Gradient-norm importance of each sentence of a document for a summary."
@@ -242,6 +247,7 @@ class SentenceImportance:
         return pd.DataFrame({"sentence": self.sentences, "score": self.scores.tolist(),
                              "n_tokens": [b - a for a, b in self.spans]})
 
+# %% ../nbs/44_attribution.ipynb #dfb6b2c4
 def _head_mask_hooks(model, head_mask):
     if head_mask is None: return []
     hm = torch.as_tensor(head_mask)
@@ -287,6 +293,7 @@ def sentence_importance(model: HookedModel, document: str, sentences, summary: s
     scores = torch.stack([agg(norms[a:b]) for a, b in spans])
     return SentenceImportance(list(sentences), scores, model.to_str_tokens(ids[0]), norms, spans, loss.item(), reduce)
 
+# %% ../nbs/44_attribution.ipynb #5e551eb9
 class CausalCircuitAttribution:
     "Gradient attribution through (facilitating) heads: `compute_sentence_importance(document, sentences, summary, facilitating_mask)`."
     def __init__(self, model, tokenizer=None):
