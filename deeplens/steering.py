@@ -33,6 +33,7 @@ def _check_finite(v: torch.Tensor):
                              "build it from finite activations (a vector from from_contrast/from_prompts is non-finite "
                              "only if the model's residuals were)")
 
+# %% ../nbs/42_steering.ipynb #aa5c16c8
 def default_layer(model: HookedModel) -> int:
     "The layer steering uses when none is given: about a third of the way into the model."
     return max(0, round(model.cfg.n_layers / 3))
@@ -161,6 +162,7 @@ class SteeringHook:
         if not keep.any(): return None
         return act + keep[:, None].to(act.dtype) * v
 
+# %% ../nbs/42_steering.ipynb #2d7fbfa3
 @patch
 def hook(self: SteeringVector, coef: float = 1.0, positions="all", prompt_len: int | None = None):
     "A `(hook_name, fn)` pair for `fwd_hooks`: add `coef · vector` on all positions, only `'new'` ones, or the first n."
@@ -270,6 +272,7 @@ def _perplexity(model, texts, hooks, batch_size=8):
             n += int(mask[:, 1:].sum())
     return float(torch.tensor(nll / max(n, 1)).exp())
 
+# %% ../nbs/42_steering.ipynb #282ceccc
 def evaluate_steering(model: HookedModel, vector: SteeringVector, coefficients, prompts, target_tokens,
                       neutral_texts=None, positions="all") -> SteeringEvaluation:
     """For each coefficient: P(target_tokens) at the next position after each prompt, and perplexity on
