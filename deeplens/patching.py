@@ -40,6 +40,7 @@ def _rows(ids: torch.Tensor, batch: int) -> torch.Tensor:
     "Per-row ids for `batch` rows laid out prompt-major inside each cell (row r ↔ prompt r % N)."
     return ids.to(torch.long)[torch.arange(batch) % ids.numel()]
 
+# %% ../nbs/41_patching.ipynb #c02054c9
 class Metric:
     "A patching metric: logits `[batch, pos, vocab]` → one value per row. Subclasses resolve tokens in `bind`."
     name = "metric"
@@ -196,6 +197,7 @@ def _pair(model: HookedModel, clean, corrupted):
                          "Make them tokenize to the same length (e.g. swap single-token names).")
     return c, r
 
+# %% ../nbs/41_patching.ipynb #129af75b
 _SHORT = {k: SHORT_NAMES[k] for k in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post", "post",
                                      "z", "q", "k", "v", "result", "pattern", "attn_scores", "rot_q", "rot_k")}
 _HEAD_DIM = {"z": 2, "q": 2, "k": 2, "v": 2, "result": 2, "rot_q": 2, "rot_k": 2, "pattern": 1, "attn_scores": 1}
@@ -221,7 +223,6 @@ def _check_positions(positions, n_pos) -> list[int] | None:
         raise ValueError(f"positions must be 'each', 'all', or a list of positions; got {positions!r}")
     return check_positions(None if positions == "each" else positions, n_pos)
 
-
 # %% ../nbs/41_patching.ipynb #66bf8f00
 @dataclass(frozen=True)
 class Cell:
@@ -242,6 +243,7 @@ def _cells(model, sites, layers, positions, heads) -> list[Cell]:
                     out.append(Cell(s, l, p, h))
     return out
 
+# %% ../nbs/41_patching.ipynb #3c0faf4d
 def _index(cell_site: str, batch_idx, pos_idx, head_idx, ndim: int):
     "An index tuple for a canonical activation: batch indices, then position / head indices or full slices."
     idx = [slice(None)] * ndim
@@ -393,6 +395,7 @@ def _start_at(model, layer: int, resid: torch.Tensor | None):
         handle.remove()
         for l in range(layer): blocks[l].__dict__.pop("forward", None)
 
+# %% ../nbs/41_patching.ipynb #9446220c
 _MIN_ROWS = 16   # MKL rounds matmuls of a few rows differently from larger ones: padding keeps results bit-identical there (to rounding elsewhere)
 
 @contextlib.contextmanager
@@ -508,6 +511,7 @@ def _receiver_hook(r) -> str:
     if r[0] == "mlp_in": return f"blocks.{r[1]}.ln2.hook_normalized"
     return f"blocks.{r[1]}.attn.hook_{r[0]}"
 
+# %% ../nbs/41_patching.ipynb #f4268c78
 @dataclass
 class PathPatchingResult:
     "Metric after path patching, one value per sender group, with the clean/corrupted baselines."
