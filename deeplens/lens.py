@@ -91,6 +91,7 @@ def _show(tok: str, width: int | None = None, quote: bool = False) -> str:
     if width is not None and len(s) > width - 2 * quote: s = s[:max(width - 2 * quote - 1, 1)] + "…"
     return f"'{s}'" if quote else s
 
+# %% ../nbs/40_lens.ipynb #a4040297
 class LensResult:
     "Per layer × position readout of a lens: top-k tokens, KL to the final distribution, ranks, agreement."
     def __init__(self, *, kind: str, layers: list[int], positions: list[int], n_layers: int, tokens, mask,
@@ -159,6 +160,7 @@ def grid(self: LensResult, batch: int = 0, max_rows: int = 12, max_cols: int = 8
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(head)] + [line(r) for r in body])
 
+# %% ../nbs/40_lens.ipynb #eefefcea
 @patch
 def __repr__(self: LensResult) -> str:
     name = {"logit": "logit lens", "tuned": "tuned lens"}.get(self.kind, self.kind)
