@@ -16,8 +16,8 @@ from .sites import check_index, check_layers
 
 # %% auto #0
 __all__ = ['repeated_tokens', 'head_scores', 'induction_scores', 'previous_token_scores', 'duplicate_token_scores',
-           'repeated_token_loss', 'top_heads', 'gate_hooks', 'CausalHeadGating', 'toy_previous_token_model',
-           'CHGResult']
+           'repeated_token_loss', 'top_heads', 'gate_hooks', 'toy_previous_token_model', 'CHGResult',
+           'CausalHeadGating']
 
 # %% ../nbs/43_heads.ipynb #33d086a6
 def _check_int(x, name, lo=1):
@@ -52,6 +52,7 @@ def _stripes(L: int, b: int):
     qa = torch.arange(b + 1, b + 2 * L)
     return {"induction": (q2, q2 - L + 1), "duplicate_token": (q2, q2 - L), "previous_token": (qa, qa - 1)}
 
+# %% ../nbs/43_heads.ipynb #c6ce8e86
 def head_scores(model: HookedModel, seq_len: int = 50, n_seqs: int = 16, seed: int = 0, prepend_bos: bool = True,
                 batch_size: int = 8) -> dict:
     """Induction, duplicate-token and previous-token scores (`[n_layers, n_heads]` each) and the mean loss on
@@ -172,72 +173,6 @@ def _task_loss(model, ids, mask, labels, hooks):
     with model.hooks(hooks):
         logits = model(ids, attention_mask=mask)
     return next_token_loss(logits, ids, labels)                    # CE over the target tokens only
-
-# %% ../nbs/43_heads.ipynb #b8491a63
-class CausalHeadGating:
-    "Fit CHG gates (G⁺ and G⁻) over the attention heads of a frozen model."
-    def __init__(self, model: HookedModel, layers=None):
-        if not isinstance(model, HookedModel): raise TypeError(f"CausalHeadGating needs a HookedModel (deeplens.load_model), got {type(model).__name__}")
-        self.model, self.layers = model, _gated_layers(model, layers)
-
-    def fit(self, texts, targets=None, num_masks: int = 1, num_updates: int = 100, num_reg_updates: int = 50,
-            l1_weight: float = 0.1, lr: float = 0.1, batch_size: int = 8, clip: float = 5.0, seed: int = 0,
-            init_std: float = 1.0, verbose: bool = True) -> "CHGResult":
-        """Stage 1 (λ = 0, `num_updates` steps), then from its result `num_reg_updates` steps with
-        loss `CE − λ·mean(θ)` → G⁺ and with `CE + λ·mean(θ)` → G⁻ (λ = `l1_weight`); repeated for `num_masks` seeds."""
-        for v, n in ((num_masks, "num_masks"), (num_updates, "num_updates"), (batch_size, "batch_size")): _check_int(v, n)
-        _check_int(num_reg_updates, "num_reg_updates", 0)
-        if not l1_weight >= 0: raise ValueError(f"l1_weight is the regularisation strength λ ≥ 0, got {l1_weight!r}; the sign is applied per stage")
-        m = self.model
-        examples = _examples(m, texts, targets)
-        pad = m.tokenizer.pad_token_id if m.tokenizer is not None and m.tokenizer.pad_token_id is not None else 0
-        shape = (len(self.layers), m.cfg.n_heads)
-        params = [p for p in m.hf.parameters() if p.requires_grad]
-        total = num_masks * (num_updates + 2 * num_reg_updates)
-        bar = tqdm(total=total, desc="CHG", disable=not verbose)
-        runs = {"stage1": [], "plus": [], "minus": []}
-        history = {"stage1": [], "plus": [], "minus": []}
-        g = torch.Generator().manual_seed(seed)
-        try:
-            for p in params: p.requires_grad_(False)           # model frozen: gradients reach θ only
-            for k in range(num_masks):
-                theta0 = torch.randn(shape, generator=g) * init_std
-                order = torch.Generator().manual_seed(seed * 1000 + k)
-                t1, h1 = self._run(theta0, examples, num_updates, 0.0, lr, batch_size, clip, order, pad, bar, "stage 1")
-                tp, hp = self._run(t1, examples, num_reg_updates, +l1_weight, lr, batch_size, clip, order, pad, bar, "G+")
-                tm, hm = self._run(t1, examples, num_reg_updates, -l1_weight, lr, batch_size, clip, order, pad, bar, "G-")
-                for key, t, h in (("stage1", t1, h1), ("plus", tp, hp), ("minus", tm, hm)):
-                    runs[key].append(torch.sigmoid(t)); history[key].append(h)
-        finally:
-            for p in params: p.requires_grad_(True)
-            bar.close()
-        full = lambda key: _expand(torch.stack(runs[key]), self.layers, m.cfg.n_layers)
-        config = dict(num_masks=num_masks, num_updates=num_updates, num_reg_updates=num_reg_updates, l1_weight=l1_weight,
-                      lr=lr, batch_size=batch_size, clip=clip, seed=seed, init_std=init_std, n_examples=len(examples),
-                      layers=self.layers, model=m.cfg.architecture)
-        return CHGResult(full("plus"), full("minus"), full("stage1"), history, config)
-
-    def _run(self, theta, examples, steps, lam, lr, batch_size, clip, order, pad, bar, label):
-        "`steps` Adam updates of θ on `CE − lam·mean(clamp(θ))` (lam > 0 retention, < 0 removal)."
-        theta = theta.clone().to(self.model.device).requires_grad_(True)
-        opt = torch.optim.Adam([theta], lr=lr)
-        losses, perm, at = [], torch.randperm(len(examples), generator=order), 0
-        for _ in range(steps):
-            if at >= len(perm): perm, at = torch.randperm(len(examples), generator=order), 0
-            idx = perm[at:at + batch_size].tolist(); at += batch_size
-            ids, mask, labels = _batch([examples[i] for i in idx], self.model.device, pad)
-            ce = _task_loss(self.model, ids, mask, labels, gate_hooks(self.model, torch.sigmoid(theta), self.layers))
-            loss = ce - lam * theta.clamp(-clip, clip).mean()
-            opt.zero_grad(); loss.backward(); opt.step()
-            ce = float(ce.detach())
-            losses.append(ce); bar.update(1); bar.set_postfix_str(f"{label} CE {ce:.3f}")
-        return theta.detach().cpu(), losses
-
-def _expand(g: torch.Tensor, layers, n_layers) -> torch.Tensor:
-    "[masks, len(layers), heads] → [masks, n_layers, heads], NaN for layers that were not gated."
-    out = torch.full((g.shape[0], n_layers, g.shape[2]), float("nan"))
-    out[:, layers] = g
-    return out
 
 # %% ../nbs/43_heads.ipynb #c4eace54
 def toy_previous_token_model(seed: int = 0) -> HookedModel:
@@ -384,3 +319,70 @@ class CHGResult:
             t = {k: f.get_tensor(k) for k in ("G_plus_all", "G_minus_all", "G_stage1_all")}
         meta = json.loads(raw)
         return cls(t["G_plus_all"], t["G_minus_all"], t["G_stage1_all"], meta.get("history", {}), meta.get("config", {}))
+
+# %% ../nbs/43_heads.ipynb #b8491a63
+def _expand(g: torch.Tensor, layers, n_layers) -> torch.Tensor:
+    "[masks, len(layers), heads] → [masks, n_layers, heads], NaN for layers that were not gated."
+    out = torch.full((g.shape[0], n_layers, g.shape[2]), float("nan"))
+    out[:, layers] = g
+    return out
+
+# %% ../nbs/43_heads.ipynb #5d988562
+class CausalHeadGating:
+    "Fit CHG gates (G⁺ and G⁻) over the attention heads of a frozen model."
+    def __init__(self, model: HookedModel, layers=None):
+        if not isinstance(model, HookedModel): raise TypeError(f"CausalHeadGating needs a HookedModel (deeplens.load_model), got {type(model).__name__}")
+        self.model, self.layers = model, _gated_layers(model, layers)
+
+    def fit(self, texts, targets=None, num_masks: int = 1, num_updates: int = 100, num_reg_updates: int = 50,
+            l1_weight: float = 0.1, lr: float = 0.1, batch_size: int = 8, clip: float = 5.0, seed: int = 0,
+            init_std: float = 1.0, verbose: bool = True) -> "CHGResult":
+        """Stage 1 (λ = 0, `num_updates` steps), then from its result `num_reg_updates` steps with
+        loss `CE − λ·mean(θ)` → G⁺ and with `CE + λ·mean(θ)` → G⁻ (λ = `l1_weight`); repeated for `num_masks` seeds."""
+        for v, n in ((num_masks, "num_masks"), (num_updates, "num_updates"), (batch_size, "batch_size")): _check_int(v, n)
+        _check_int(num_reg_updates, "num_reg_updates", 0)
+        if not l1_weight >= 0: raise ValueError(f"l1_weight is the regularisation strength λ ≥ 0, got {l1_weight!r}; the sign is applied per stage")
+        m = self.model
+        examples = _examples(m, texts, targets)
+        pad = m.tokenizer.pad_token_id if m.tokenizer is not None and m.tokenizer.pad_token_id is not None else 0
+        shape = (len(self.layers), m.cfg.n_heads)
+        params = [p for p in m.hf.parameters() if p.requires_grad]
+        total = num_masks * (num_updates + 2 * num_reg_updates)
+        bar = tqdm(total=total, desc="CHG", disable=not verbose)
+        runs = {"stage1": [], "plus": [], "minus": []}
+        history = {"stage1": [], "plus": [], "minus": []}
+        g = torch.Generator().manual_seed(seed)
+        try:
+            for p in params: p.requires_grad_(False)           # model frozen: gradients reach θ only
+            for k in range(num_masks):
+                theta0 = torch.randn(shape, generator=g) * init_std
+                order = torch.Generator().manual_seed(seed * 1000 + k)
+                t1, h1 = self._run(theta0, examples, num_updates, 0.0, lr, batch_size, clip, order, pad, bar, "stage 1")
+                tp, hp = self._run(t1, examples, num_reg_updates, +l1_weight, lr, batch_size, clip, order, pad, bar, "G+")
+                tm, hm = self._run(t1, examples, num_reg_updates, -l1_weight, lr, batch_size, clip, order, pad, bar, "G-")
+                for key, t, h in (("stage1", t1, h1), ("plus", tp, hp), ("minus", tm, hm)):
+                    runs[key].append(torch.sigmoid(t)); history[key].append(h)
+        finally:
+            for p in params: p.requires_grad_(True)
+            bar.close()
+        full = lambda key: _expand(torch.stack(runs[key]), self.layers, m.cfg.n_layers)
+        config = dict(num_masks=num_masks, num_updates=num_updates, num_reg_updates=num_reg_updates, l1_weight=l1_weight,
+                      lr=lr, batch_size=batch_size, clip=clip, seed=seed, init_std=init_std, n_examples=len(examples),
+                      layers=self.layers, model=m.cfg.architecture)
+        return CHGResult(full("plus"), full("minus"), full("stage1"), history, config)
+
+    def _run(self, theta, examples, steps, lam, lr, batch_size, clip, order, pad, bar, label):
+        "`steps` Adam updates of θ on `CE − lam·mean(clamp(θ))` (lam > 0 retention, < 0 removal)."
+        theta = theta.clone().to(self.model.device).requires_grad_(True)
+        opt = torch.optim.Adam([theta], lr=lr)
+        losses, perm, at = [], torch.randperm(len(examples), generator=order), 0
+        for _ in range(steps):
+            if at >= len(perm): perm, at = torch.randperm(len(examples), generator=order), 0
+            idx = perm[at:at + batch_size].tolist(); at += batch_size
+            ids, mask, labels = _batch([examples[i] for i in idx], self.model.device, pad)
+            ce = _task_loss(self.model, ids, mask, labels, gate_hooks(self.model, torch.sigmoid(theta), self.layers))
+            loss = ce - lam * theta.clamp(-clip, clip).mean()
+            opt.zero_grad(); loss.backward(); opt.step()
+            ce = float(ce.detach())
+            losses.append(ce); bar.update(1); bar.set_postfix_str(f"{label} CE {ce:.3f}")
+        return theta.detach().cpu(), losses
