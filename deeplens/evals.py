@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .model import HookedModel
-from .store import ActivationStore, pack, _tokens_shard
+from .store import ActivationStore, pack
 from .sae import SparseAutoencoder
 
 # %% auto #0
@@ -102,7 +102,7 @@ def _contexts(model: HookedModel, src, n_tokens: int, context_size: int) -> torc
     elif isinstance(src, ActivationStore):
         parts, total = [], 0
         for i in range(len(src.shards)):
-            t = torch.from_numpy(np.asarray(_tokens_shard(src, i)["tokens"]).astype(np.int64))
+            t = torch.from_numpy(np.asarray(src.shard_tokens(i)["tokens"]).astype(np.int64))
             parts.append(t); total += t.numel()
             if total >= n_tokens: break
         if not parts: raise ValueError(f"{src.path}: the store has no complete shards")
