@@ -32,6 +32,7 @@ def cache_dir() -> Path:
     import platformdirs
     return Path(platformdirs.user_cache_dir("deeplens"))
 
+# %% ../nbs/03_model.ipynb #144a0c1c
 def _say(msg): print(f"[deeplens] {msg}", file=sys.stderr, flush=True)
 
 def default_model_path(verbose: bool = True) -> Path:
@@ -86,6 +87,7 @@ def _dtype(dtype):
     if not isinstance(d, torch.dtype): raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
     return d
 
+# %% ../nbs/03_model.ipynb #a797d83c
 @contextlib.contextmanager
 def _quiet_transformers(quiet: bool):
     "With `quiet`, hide transformers' weight-loading progress bars for the duration (restored after)."
@@ -192,6 +194,7 @@ def hooks(self: HookedModel, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool =
         finally:
             for h in reversed(handles): h.remove()
 
+# %% ../nbs/03_model.ipynb #1e171391
 @patch
 def add_hook(self: HookedModel, name, fn, dir: str = "fwd"):
     "Attach a hook that stays until `reset_hooks()`."
@@ -237,6 +240,7 @@ def encode(self: HookedModel, inputs, prepend_bos=None, padding_side=None):
         ids, mask = ids[:, 1:], mask[:, 1:]
     return ids.to(self.device), mask.to(self.device)
 
+# %% ../nbs/03_model.ipynb #9c524b5c
 @patch
 def to_tokens(self: HookedModel, inputs, prepend_bos=None, padding_side=None) -> torch.Tensor:
     "Token ids `[batch, pos]` for a string or list of strings."
@@ -275,20 +279,7 @@ def next_token_loss(logits, ids, mask, per_token=False):
     m = mask[:, 1:].to(nll.dtype)
     return nll * m if per_token else (nll * m).sum() / m.sum().clamp(min=1)
 
-class _Stop(Exception):
-    "Raised by the stop_at_layer hook to end a forward early."
-
-@patch
-def _stop_hook(self: HookedModel, layer: int, box: list):
-    "A pre-hook on block `layer` (or on ln_final) that keeps the residual and ends the forward."
-    if not isinstance(layer, int) or not 0 <= layer <= self.cfg.n_layers:
-        raise ValueError(f"stop_at_layer must be an int in 0..{self.cfg.n_layers}, got {layer!r}")
-    path = self.spec.ln_final if layer == self.cfg.n_layers else f"{self.spec.layers}.{layer}"
-    def pre(m, args, kwargs):
-        box.append(args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor)))
-        raise _Stop
-    return self.hf.get_submodule(path).register_forward_pre_hook(pre, with_kwargs=True)
-
+# %% ../nbs/03_model.ipynb #0f016c4c
 @patch
 def _check_ids(self: HookedModel, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int = 0):
     "Refuse inputs the model cannot run: no tokens, ids outside its embedding, more positions than its context."
@@ -314,6 +305,21 @@ def _prepare(self: HookedModel, inputs, attention_mask=None, prepend_bos=None, p
     self._check_ids(ids, mask, new_tokens)
     return ids, mask
 
+# %% ../nbs/03_model.ipynb #07186d0f
+class _Stop(Exception):
+    "Raised by the stop_at_layer hook to end a forward early."
+
+@patch
+def _stop_hook(self: HookedModel, layer: int, box: list):
+    "A pre-hook on block `layer` (or on ln_final) that keeps the residual and ends the forward."
+    if not isinstance(layer, int) or not 0 <= layer <= self.cfg.n_layers:
+        raise ValueError(f"stop_at_layer must be an int in 0..{self.cfg.n_layers}, got {layer!r}")
+    path = self.spec.ln_final if layer == self.cfg.n_layers else f"{self.spec.layers}.{layer}"
+    def pre(m, args, kwargs):
+        box.append(args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor)))
+        raise _Stop
+    return self.hf.get_submodule(path).register_forward_pre_hook(pre, with_kwargs=True)
+
 @patch
 def _run(self: HookedModel, ids, mask, return_type="logits", stop_at_layer: int | None = None, **hf_kwargs):
     "The forward itself, on prepared ids and mask."
@@ -335,6 +341,7 @@ def _run(self: HookedModel, ids, mask, return_type="logits", stop_at_layer: int 
     loss = next_token_loss(logits, ids, mask)
     return loss if return_type == "loss" else (logits, loss)
 
+# %% ../nbs/03_model.ipynb #ef43b606
 @patch
 def forward(self: HookedModel, inputs, return_type: str | None = "logits", *, attention_mask=None,
             prepend_bos=None, padding_side=None, stop_at_layer: int | None = None, **hf_kwargs):
@@ -373,6 +380,7 @@ def _result(z, o, c):
     w = o_weight(o, c.n_heads, c.d_head).detach()
     return head_results(z.to(w.device), w).to(z.device)
 
+# %% ../nbs/03_model.ipynb #fe3c2cda
 @patch
 def derived_sites(self: HookedModel) -> dict[str, Derived]:
     "Every site of this model that a cache can derive from other sites, in forward order (built once)."
@@ -423,6 +431,7 @@ def _plan(self: HookedModel, names: list[str], lazy: bool, always: bool = True):
     hooked = [n for n in names if n not in derive or n in check] + hidden
     return hooked, derive, check
 
+# %% ../nbs/03_model.ipynb #df4eb656
 def _weights_state(mods) -> tuple: return tuple((id(p), p._version) for m in mods for p in m._parameters.values() if p is not None)
 
 class _Sources:
@@ -457,6 +466,7 @@ def _recipe(name: str, sources: _Sources):
         with torch.no_grad(): return sources.value(name, name)
     return compute
 
+# %% ../nbs/03_model.ipynb #7c73b69c
 def _identical(a, b) -> bool: return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
 
 def _available(n, saved, derive, memo) -> bool:
@@ -520,6 +530,7 @@ def _slicer(pos_slice, dim):
         return t[(slice(None),) * dim + (idx,)].clone(memory_format=torch.contiguous_format)
     return f
 
+# %% ../nbs/03_model.ipynb #c2bcce87
 @patch
 @contextlib.contextmanager
 def _reading(self: HookedModel, keeps: dict):
@@ -572,25 +583,6 @@ def run_with_cache(self: HookedModel, inputs, names_filter=None, *, pos_slice=No
         store = self._assemble(names, saved, derive, check)
     if incl_bwd and isinstance(out, torch.Tensor): out = out.detach()
     return out, ActivationCache(store, self, has_batch_dim=True)
-
-# %% ../nbs/03_model.ipynb #5042bd2e
-@patch
-def generate(self: HookedModel, prompt, max_new_tokens: int = 20, fwd_hooks=(), *, do_sample: bool = False,
-             return_type: str = "str", prepend_bos=None, **hf_generate_kwargs):
-    """Generate continuations with hooks active; returns text (or token ids with return_type='tokens').
-    Logits that turn nan/inf raise a ValueError naming the hook whose output went non-finite first."""
-    if return_type not in ("str", "tokens"): raise ValueError("return_type must be 'str' or 'tokens'")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
-    ids, mask = self._prepare(prompt, None, prepend_bos, "left", new_tokens=max_new_tokens)   # checked, like forward's
-    pad = self.tokenizer.pad_token_id if self.tokenizer is not None else None
-    watch = _LogitsWatch(self.hf, fwd_hooks, max_new_tokens)
-    with self.hooks(watch.fwd_hooks), watch, torch.no_grad():
-        out = self.hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                               do_sample=do_sample, pad_token_id=pad, **hf_generate_kwargs)
-    if return_type == "tokens": return out
-    texts = [self.tokenizer.decode(o, skip_special_tokens=True) for o in out]
-    return texts[0] if isinstance(prompt, str) or (isinstance(prompt, torch.Tensor) and prompt.ndim == 1) else texts
 
 # %% ../nbs/03_model.ipynb #b3f09d61
 import math
@@ -664,6 +656,25 @@ class _LogitsWatch:
         return (f"{head}, though every hook passed to generate returned finite values{big}: what they wrote overflowed "
                 f"further on (try a smaller coefficient), or {outside} or the model itself produced them.")
 
+# %% ../nbs/03_model.ipynb #5042bd2e
+@patch
+def generate(self: HookedModel, prompt, max_new_tokens: int = 20, fwd_hooks=(), *, do_sample: bool = False,
+             return_type: str = "str", prepend_bos=None, **hf_generate_kwargs):
+    """Generate continuations with hooks active; returns text (or token ids with return_type='tokens').
+    Logits that turn nan/inf raise a ValueError naming the hook whose output went non-finite first."""
+    if return_type not in ("str", "tokens"): raise ValueError("return_type must be 'str' or 'tokens'")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+    ids, mask = self._prepare(prompt, None, prepend_bos, "left", new_tokens=max_new_tokens)   # checked, like forward's
+    pad = self.tokenizer.pad_token_id if self.tokenizer is not None else None
+    watch = _LogitsWatch(self.hf, fwd_hooks, max_new_tokens)
+    with self.hooks(watch.fwd_hooks), watch, torch.no_grad():
+        out = self.hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                               do_sample=do_sample, pad_token_id=pad, **hf_generate_kwargs)
+    if return_type == "tokens": return out
+    texts = [self.tokenizer.decode(o, skip_special_tokens=True) for o in out]
+    return texts[0] if isinstance(prompt, str) or (isinstance(prompt, torch.Tensor) and prompt.ndim == 1) else texts
+
 # %% ../nbs/03_model.ipynb #44b14c62
 def _xw(mod) -> torch.Tensor:
     "A projection's weight in `x @ W` form: [d_in, d_out]."
@@ -692,6 +703,7 @@ def _o(self: HookedModel, l):
     "Layer `l`'s attention output projection."
     return self.hf.get_submodule(f"{self.spec.layers}.{l}.{self.spec.o}")
 
+# %% ../nbs/03_model.ipynb #72a72973
 @patch(as_prop=True)
 def W_E(self: HookedModel):
     "Token embedding `[d_vocab, d_model]`."
@@ -717,6 +729,7 @@ def W_pos(self: HookedModel):
     off = getattr(self.hf.get_submodule(self.spec.pos_embed), "offset", 0)   # OPT keeps 2 unused rows
     return w[off:]
 
+# %% ../nbs/03_model.ipynb #6e085f9f
 @patch(as_prop=True)
 def W_Q(self: HookedModel):
     "Query weights `[n_layers, n_heads, d_model, d_head]`."
@@ -757,6 +770,7 @@ def b_O(self: HookedModel):
     "Attention output bias `[n_layers, d_model]` (zeros if none)."
     return torch.stack([self._proj(l, (self.spec.o, None), "b") for l in range(self.cfg.n_layers)])
 
+# %% ../nbs/03_model.ipynb #5740b926
 @patch(as_prop=True)
 def W_in(self: HookedModel):
     "MLP input weights `[n_layers, d_model, d_mlp]` (the up projection of a gated MLP)."
