@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .files import atomic_write
 from .model import HookedModel, next_token_loss
@@ -260,65 +261,76 @@ class CHGResult:
     def irrelevant_mask(self, threshold: float = 0.5) -> torch.Tensor:
         return (self.G_plus >= threshold) & (self.G_minus < threshold)
 
-    def to_dataframe(self, threshold: float = 0.5):
-        "One row per gated head: layer, head, G_plus, G_minus, G_stage1, role (and per-mask spread)."
-        import pandas as pd
-        roles = self.roles(threshold)
-        rows = [dict(layer=l, head=h, G_plus=float(self.G_plus[l, h]), G_minus=float(self.G_minus[l, h]),
-                     G_stage1=float(self.G_stage1[l, h]), G_plus_std=float(self.G_plus_all[:, l, h].std(0, correction=0)),
-                     G_minus_std=float(self.G_minus_all[:, l, h].std(0, correction=0)), role=roles[l][h])
-                for l in range(self.n_layers) for h in range(self.n_heads) if roles[l][h] is not None]
-        return pd.DataFrame(rows)
-
-    def head_taxonomy(self, threshold: float = 0.5):
-        "The per-head table with its role, facilitating heads first (by G⁻), then irrelevant, then interfering."
-        df = self.to_dataframe(threshold)
-        rank = {"facilitating": 0, "irrelevant": 1, "interfering": 2}
-        return (df.assign(_r=df.role.map(rank)).sort_values(["_r", "G_minus"], ascending=[True, False])
-                  .drop(columns="_r").reset_index(drop=True))
-
-    def necessary_heads(self, threshold: float = 0.5):
-        "Heads the task needs: facilitating (kept under removal pressure and under retention), by G⁻ descending."
-        df = self.to_dataframe(threshold)
-        return df[df.role == "facilitating"].sort_values("G_minus", ascending=False).reset_index(drop=True)
-
-    def sufficient_heads(self, threshold: float = 0.5):
-        """The sub-circuit the removal fit keeps (G⁻ ≥ t), by G⁻ descending: with every other head gated off the
-        task loss stayed low, so these heads suffice. A superset of `necessary_heads` up to heads G⁺ marks interfering."""
-        df = self.to_dataframe(threshold)
-        return df[df.G_minus >= threshold].sort_values("G_minus", ascending=False).reset_index(drop=True)
-
-    def summary(self, threshold: float = 0.5) -> str:
-        df = self.to_dataframe(threshold)
-        counts = df.role.value_counts().reindex(["facilitating", "interfering", "irrelevant"], fill_value=0)
-        last = lambda k: float(torch.tensor([h[-1] for h in self.history.get(k, []) if h] or [float("nan")]).mean())
-        top = ", ".join(f"L{r.layer}H{r.head} ({r.G_minus:.2f})" for r in self.necessary_heads(threshold).head(8).itertuples())
-        return (f"CHG over {len(df)} heads ({self.config.get('num_masks', '?')} mask(s), λ={self.config.get('l1_weight')}, threshold {threshold}):\n"
-                f"  facilitating {counts['facilitating']}, interfering {counts['interfering']}, irrelevant {counts['irrelevant']}\n"
-                f"  final task CE: stage 1 {last('stage1'):.4f}, G+ {last('plus'):.4f}, G- {last('minus'):.4f}\n"
-                f"  top facilitating (G-): {top or 'none'}")
-
     def __repr__(self): return self.summary()
 
-    def save(self, path) -> Path:
-        "One `.safetensors` file (atomic): per-mask gates as tensors, history and config as JSON metadata."
-        from safetensors.torch import save_file
-        meta = {"format": _FORMAT, "version": 1, "history": self.history, "config": self.config}
-        gates = {"G_plus_all": self.G_plus_all.contiguous(), "G_minus_all": self.G_minus_all.contiguous(),
-                 "G_stage1_all": self.G_stage1_all.contiguous()}
-        return atomic_write(path, lambda f: save_file(gates, str(f), metadata={"deeplens": json.dumps(meta)}))
+# %% ../nbs/43_heads.ipynb #410a8ce6
+@patch
+def to_dataframe(self: CHGResult, threshold: float = 0.5):
+    "One row per gated head: layer, head, G_plus, G_minus, G_stage1, role (and per-mask spread)."
+    import pandas as pd
+    roles = self.roles(threshold)
+    rows = [dict(layer=l, head=h, G_plus=float(self.G_plus[l, h]), G_minus=float(self.G_minus[l, h]),
+                 G_stage1=float(self.G_stage1[l, h]), G_plus_std=float(self.G_plus_all[:, l, h].std(0, correction=0)),
+                 G_minus_std=float(self.G_minus_all[:, l, h].std(0, correction=0)), role=roles[l][h])
+            for l in range(self.n_layers) for h in range(self.n_heads) if roles[l][h] is not None]
+    return pd.DataFrame(rows)
 
-    @classmethod
-    def load(cls, path) -> "CHGResult":
-        from safetensors import safe_open
-        path = Path(path)
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("deeplens")
-            if raw is None or json.loads(raw).get("format") != _FORMAT:
-                raise ValueError(f"{path} is not a deeplens CHGResult file (no 'deeplens.CHGResult' metadata)")
-            t = {k: f.get_tensor(k) for k in ("G_plus_all", "G_minus_all", "G_stage1_all")}
-        meta = json.loads(raw)
-        return cls(t["G_plus_all"], t["G_minus_all"], t["G_stage1_all"], meta.get("history", {}), meta.get("config", {}))
+@patch
+def head_taxonomy(self: CHGResult, threshold: float = 0.5):
+    "The per-head table with its role, facilitating heads first (by G⁻), then irrelevant, then interfering."
+    df = self.to_dataframe(threshold)
+    rank = {"facilitating": 0, "irrelevant": 1, "interfering": 2}
+    return (df.assign(_r=df.role.map(rank)).sort_values(["_r", "G_minus"], ascending=[True, False])
+              .drop(columns="_r").reset_index(drop=True))
+
+@patch
+def necessary_heads(self: CHGResult, threshold: float = 0.5):
+    "Heads the task needs: facilitating (kept under removal pressure and under retention), by G⁻ descending."
+    df = self.to_dataframe(threshold)
+    return df[df.role == "facilitating"].sort_values("G_minus", ascending=False).reset_index(drop=True)
+
+@patch
+def sufficient_heads(self: CHGResult, threshold: float = 0.5):
+    """The sub-circuit the removal fit keeps (G⁻ ≥ t), by G⁻ descending: with every other head gated off the
+    task loss stayed low, so these heads suffice. A superset of `necessary_heads` up to heads G⁺ marks interfering."""
+    df = self.to_dataframe(threshold)
+    return df[df.G_minus >= threshold].sort_values("G_minus", ascending=False).reset_index(drop=True)
+
+# %% ../nbs/43_heads.ipynb #c303296c
+@patch
+def summary(self: CHGResult, threshold: float = 0.5) -> str:
+    "Role counts, final task losses and the top facilitating heads, as text (the result's repr)."
+    df = self.to_dataframe(threshold)
+    counts = df.role.value_counts().reindex(["facilitating", "interfering", "irrelevant"], fill_value=0)
+    last = lambda k: float(torch.tensor([h[-1] for h in self.history.get(k, []) if h] or [float("nan")]).mean())
+    top = ", ".join(f"L{r.layer}H{r.head} ({r.G_minus:.2f})" for r in self.necessary_heads(threshold).head(8).itertuples())
+    return (f"CHG over {len(df)} heads ({self.config.get('num_masks', '?')} mask(s), λ={self.config.get('l1_weight')}, threshold {threshold}):\n"
+            f"  facilitating {counts['facilitating']}, interfering {counts['interfering']}, irrelevant {counts['irrelevant']}\n"
+            f"  final task CE: stage 1 {last('stage1'):.4f}, G+ {last('plus'):.4f}, G- {last('minus'):.4f}\n"
+            f"  top facilitating (G-): {top or 'none'}")
+
+# %% ../nbs/43_heads.ipynb #ad1c3dc4
+@patch
+def save(self: CHGResult, path) -> Path:
+    "One `.safetensors` file (atomic): per-mask gates as tensors, history and config as JSON metadata."
+    from safetensors.torch import save_file
+    meta = {"format": _FORMAT, "version": 1, "history": self.history, "config": self.config}
+    gates = {"G_plus_all": self.G_plus_all.contiguous(), "G_minus_all": self.G_minus_all.contiguous(),
+             "G_stage1_all": self.G_stage1_all.contiguous()}
+    return atomic_write(path, lambda f: save_file(gates, str(f), metadata={"deeplens": json.dumps(meta)}))
+
+@patch(cls_method=True)
+def load(cls: CHGResult, path) -> CHGResult:
+    "Read a result written by `save`."
+    from safetensors import safe_open
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get("deeplens")
+        if raw is None or json.loads(raw).get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a deeplens CHGResult file (no 'deeplens.CHGResult' metadata)")
+        t = {k: f.get_tensor(k) for k in ("G_plus_all", "G_minus_all", "G_stage1_all")}
+    meta = json.loads(raw)
+    return cls(t["G_plus_all"], t["G_minus_all"], t["G_stage1_all"], meta.get("history", {}), meta.get("config", {}))
 
 # %% ../nbs/43_heads.ipynb #b8491a63
 def _expand(g: torch.Tensor, layers, n_layers) -> torch.Tensor:
