@@ -7,9 +7,9 @@ from __future__ import annotations
 import json, math, os, pickle, warnings
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 import numpy as np
 import torch
+from .files import atomic_write
 from .model import HookedModel, load_model
 from .sites import SITE_ALIASES, UnknownSiteError, check_layers, resolve, resolve_one
 from .lens import unembed_fn
@@ -259,16 +259,6 @@ def _unflatten(tensors: dict, meta: dict) -> list[ActivationRecord]:
                                     tensors.get(f"{i}/logits"), e["aliases"], e["attention_aliases"], e["metadata"]))
     return out
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
-
 def _format_of(path: Path, format, saving: bool) -> str:
     if format is not None:
         if format not in FORMATS: raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
@@ -297,9 +287,9 @@ def save_activations(records, path, format: str | None = None) -> Path:
     meta["dtypes"] = {k: str(t.dtype).removeprefix("torch.") for k, t in tensors.items()}
     if fmt == "safetensors":
         from safetensors.torch import save_file
-        return _atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"deeplens": json.dumps(meta)}))
+        return atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"deeplens": json.dumps(meta)}))
     if fmt == "pt":
-        return _atomic_write(path, lambda p: torch.save({"deeplens": json.dumps(meta), "tensors": tensors}, p))
+        return atomic_write(path, lambda p: torch.save({"deeplens": json.dumps(meta), "tensors": tensors}, p))
     if fmt == "npz":
         names = list(tensors)
         meta["npz_names"] = names
@@ -307,14 +297,14 @@ def save_activations(records, path, format: str | None = None) -> Path:
             with open(p, "wb") as f:
                 np.savez_compressed(f, __deeplens__=np.array(json.dumps(meta)),
                                     **{f"t{j}": _npz_safe(tensors[k]) for j, k in enumerate(names)})
-        return _atomic_write(path, w)
+        return atomic_write(path, w)
     if fmt == "json":
         body = {"deeplens": meta, "tensors": {k: {"shape": list(t.shape), "data": _npz_safe(t).tolist()} for k, t in tensors.items()}}
-        return _atomic_write(path, lambda p: p.write_text(json.dumps(body)))
+        return atomic_write(path, json.dumps(body))
     warnings.warn(_PICKLE_WARNING, UserWarning, stacklevel=2)
     def w(p):
         with open(p, "wb") as f: pickle.dump({"deeplens": meta, "tensors": tensors}, f)
-    return _atomic_write(path, w)
+    return atomic_write(path, w)
 
 def load_activations(path, format: str | None = None):
     "Read what `save_activations` wrote: an `ActivationRecord`, or a list if a list was saved."

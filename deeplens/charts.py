@@ -4,10 +4,11 @@
 
 # %% ../nbs/51_charts.ipynb #19d45801
 from __future__ import annotations
-import html, json, math, os
+import html, json, math
 from pathlib import Path
 import torch
 from .analysis import get_top_k_tokens
+from .files import atomic_write
 from .style import visible_whitespace, DIVERGING
 from . import registry
 
@@ -147,16 +148,6 @@ def enable_offline():
 # %% ../nbs/51_charts.ipynb #dc95e7ce
 _FORMATS = ("svg", "png", "html", "json")
 
-def _atomic_write(path: Path, data: str | bytes):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if isinstance(data, bytes): tmp.write_bytes(data)
-        else: tmp.write_text(data, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-
 def _html_page(svg: str, title: str) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
             f"<body style='margin:1em'>{svg}</body></html>")
@@ -176,8 +167,7 @@ def save_chart(chart, path, format: str | None = None, *, interactive: bool = Fa
     else:
         t = spec.get("title")
         data = _html_page(to_svg(spec), (t.get("text") if isinstance(t, dict) else t) or p.stem)
-    _atomic_write(p, data)
-    return p
+    return atomic_write(p, data)
 
 # %% ../nbs/51_charts.ipynb #8f2f95c7
 def save_as(chart, save_name) -> Path:

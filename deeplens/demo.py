@@ -5,10 +5,11 @@ write an HTML report — offline, on the embedded default model."""
 
 # %% ../nbs/65_demo.ipynb #8f60b83e
 from __future__ import annotations
-import html, json, math, os, re, time
+import html, json, math, re, time
 from pathlib import Path
 import torch
 
+from .files import atomic_write
 from .model import HookedModel, load_model
 from .corpus import corpus
 from .store import ActivationStore
@@ -64,10 +65,7 @@ def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> Pat
     body = "".join(f"<h2>{html.escape(h)}</h2>\n{b}\n" for h, b in sections)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n{body}</body></html>")
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8"); tmp.replace(path)
-    return path
+    return atomic_write(path, page)
 
 # %% ../nbs/65_demo.ipynb #c1e84442
 def steering_chart(rows: list[dict], title: str = ""):
@@ -319,5 +317,4 @@ def _write(out: Path, history: list[dict], stats, r: dict):
                              + "".join(_feature_html(f) for f in r["features"])),
                 ("Steering", steer)]
     write_report(out / "report.html", f"deeplens demo: {r['model']} {r['hook']}", sections)
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, default=str)); tmp.replace(out / "summary.json")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=str))
