@@ -14,11 +14,10 @@ import anywidget
 import traitlets as t
 from transformers import StoppingCriteria, StoppingCriteriaList
 from .style import visible_whitespace, rgb, POSITIVE, NEUTRAL, NEGATIVE
-_all_ = ["visible_whitespace"]
 
 # %% auto #0
 __all__ = ['MAX_NEW_TOKENS', 'f32_bytes', 'f32_array', 'TokenHeatmap', 'LogitLensView', 'AttentionView', 'TrainingMonitor',
-           'FeatureExplorer', 'SteeringPanel', 'visible_whitespace']
+           'FeatureExplorer', 'SteeringPanel']
 
 # %% ../nbs/52_widgets.ipynb #46c33a39
 _JS = files("deeplens") / "js"
