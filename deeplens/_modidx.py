@@ -1411,7 +1411,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'deeplens.widgets._check_count': ('widgets.html#_check_count', 'deeplens/widgets.py'),
                                   'deeplens.widgets._css_of': ('widgets.html#_css_of', 'deeplens/widgets.py'),
                                   'deeplens.widgets._esm_of': ('widgets.html#_esm_of', 'deeplens/widgets.py'),
-                                  'deeplens.widgets._layer_list': ('widgets.html#_layer_list', 'deeplens/widgets.py'),
                                   'deeplens.widgets._number': ('widgets.html#_number', 'deeplens/widgets.py'),
                                   'deeplens.widgets._palette_js': ('widgets.html#_palette_js', 'deeplens/widgets.py'),
                                   'deeplens.widgets._query_range': ('widgets.html#_query_range', 'deeplens/widgets.py'),

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from .analysis import get_top_k_tokens
 from .files import atomic_write
-from .style import visible_whitespace, DIVERGING
+from .style import visible_whitespace, rgb, DIVERGING, POSITIVE
 from . import registry
 
 # %% auto #0
@@ -433,10 +433,12 @@ def lens_heatmap(result, batch: int = 0, value: str = "top1_prob", text: bool = 
     if not _is(result, "LensResult"): raise TypeError(f"expected a LensResult, got {type(result).__name__}")
     rows = lens_records(result, batch, value)
     xs = list(dict.fromkeys(r["x"] for r in rows))
-    scheme = dict(scheme="blues") if value in ("top1_prob", "final_prob") else dict(scheme="orangered")
+    r, g, b = rgb(POSITIVE)                         # a ramp from transparent to POSITIVE: value_colour(v, 0, hi), as the live grid
+    domain = dict(domain=[0, 1]) if value in ("top1_prob", "final_prob") else dict(domainMin=0)
+    scale = alt.Scale(range=[f"rgba({r},{g},{b},0)", POSITIVE], interpolate="rgb", **domain)
     base = alt.Chart(alt.Data(values=rows)).encode(
         x=alt.X("x:O", sort=xs, title="input token"), y=alt.Y("layer:O", sort="descending", title="layer"))
-    rect = base.mark_rect().encode(color=alt.Color("value:Q", title=value, scale=alt.Scale(**scheme)),
+    rect = base.mark_rect().encode(color=alt.Color("value:Q", title=value, scale=scale),
                                    tooltip=["layer:O", "position:O", "input:N", "top1:N",
                                             alt.Tooltip("top1_prob:Q", format=".3f"), alt.Tooltip("value:Q", title=value, format=".4g")])
     layers = [rect]
