@@ -30,6 +30,7 @@ def as_hooked(model, tokenizer=None) -> HookedModel:
     raise TypeError(f"expected a HookedModel, a ModelAnalyzer or a transformers PreTrainedModel, got {type(model).__name__}; "
                     "load one with deeplens.load_model(...)")
 
+# %% ../nbs/60_analyzer.ipynb #b00fbd07
 def _inputs(m: HookedModel, texts, attention_mask=None, padding_side=None, prepend_bos=None):
     "→ (input_ids, attention_mask) for text(s) or token ids, with every row holding at least one real token."
     if isinstance(texts, torch.Tensor):
@@ -147,6 +148,7 @@ class TraceResult:
         b, p = self.input_ids.shape
         return f"TraceResult(batch={b}, pos={p}, layers={self.layers}, sites={list(self.sites)})"
 
+# %% ../nbs/60_analyzer.ipynb #4acaa314
 def trace(model, texts, layers=None, sites=("block_output", "final_norm", "logits"), *, attention_mask=None,
           padding_side=None, prepend_bos=None) -> TraceResult:
     "Run once and read the named `sites` (aliases above, or block hook suffixes) at `layers` (default all)."
@@ -260,6 +262,7 @@ def _unflatten(tensors: dict, meta: dict) -> list[ActivationRecord]:
                                     tensors.get(f"{i}/logits"), e["aliases"], e["attention_aliases"], e["metadata"]))
     return out
 
+# %% ../nbs/60_analyzer.ipynb #80cffac6
 def _format_of(path: Path, format, saving: bool) -> str:
     if format is not None:
         if format not in FORMATS: raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
@@ -275,6 +278,7 @@ def _format_of(path: Path, format, saving: bool) -> str:
 def _npz_safe(t: torch.Tensor) -> np.ndarray:
     return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
+# %% ../nbs/60_analyzer.ipynb #e2f85b6a
 def save_activations(records, path, format: str | None = None) -> Path:
     "Write an `ActivationRecord` or a list of them to `path` (format from `format`, else the suffix, else safetensors)."
     single = isinstance(records, ActivationRecord)
@@ -307,6 +311,7 @@ def save_activations(records, path, format: str | None = None) -> Path:
         with open(p, "wb") as f: pickle.dump({"deeplens": meta, "tensors": tensors}, f)
     return atomic_write(path, w)
 
+# %% ../nbs/60_analyzer.ipynb #f1d9fbd9
 def load_activations(path, format: str | None = None):
     "Read what `save_activations` wrote: an `ActivationRecord`, or a list if a list was saved."
     path = Path(path)
@@ -360,6 +365,7 @@ def compare_activations(rec1: ActivationRecord, rec2: ActivationRecord, layer, m
     if metric == "l2": return float((a - b).norm())
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
+# %% ../nbs/60_analyzer.ipynb #8e241cbf
 def get_activation_statistics(record: ActivationRecord, layer) -> dict:
     "Mean, std, min, max, mean |x|, L2 norm, mean per-token norm and fraction of exact zeros of one activation."
     t = record[layer].double()
@@ -502,6 +508,7 @@ def _extract(self: ModelAnalyzer, ids, mask, prompts, include_attention=False, r
                                     aliases, att_alias, meta))
     return out
 
+# %% ../nbs/60_analyzer.ipynb #786f2296
 @patch
 def extract_activations(self: ModelAnalyzer, prompt, include_attention: bool = False, return_logits: bool = False,
                          layers=None, sites=("hook_resid_post",)) -> ActivationRecord:
@@ -546,6 +553,7 @@ def _layer_index(self: ModelAnalyzer, layer) -> int:
     if not -n <= l < n: raise ValueError(f"layer {layer!r} is out of range; this model has layers 0..{n - 1}")
     return l % n
 
+# %% ../nbs/60_analyzer.ipynb #cb07442b
 class LayerPredictions(dict):
     "`{layer: [(token, prob), ...]}` at one position; `.result` is the full `deeplens.lens.LensResult`."
     result = None
@@ -568,6 +576,7 @@ def print_logit_lens(self: ModelAnalyzer, text, layer_step: int = 1, top_k: int 
     from deeplens.lens import logit_lens
     logit_lens(self.hooked, text, top_k=top_k).print(layer_step=layer_step, top_k=top_k, positions=positions)
 
+# %% ../nbs/60_analyzer.ipynb #e9a6396e
 @patch
 def generate_with_steering(self: ModelAnalyzer, prompt, positive_examples, negative_examples, coefficient: float = 2.0,
                             layer=None, max_new_tokens: int = 30, read_positions: str = "last", **kw) -> str:
@@ -579,6 +588,7 @@ def generate_with_steering(self: ModelAnalyzer, prompt, positive_examples, negat
     vec = SteeringVector.from_contrast(self.hooked, positive_examples, negative_examples, layer=l, read_positions=read_positions)
     return generate_with_steering(self.hooked, prompt, vec, coefficient=coefficient, max_new_tokens=max_new_tokens, **kw)
 
+# %% ../nbs/60_analyzer.ipynb #7a537f0d
 @patch
 def _top_next(self: ModelAnalyzer, clean, corrupted) -> tuple[int, int]:
     "The top next-token id after each of the two prompts."
