@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['Proj', 'ARCHITECTURES', 'BLOCK_SITES', 'TOP_SITES', 'FINAL_SITES', 'SHORT_NAMES', 'TOP_NAMES', 'ModelConfig', 'Site',
+__all__ = ['Proj', 'FAMILIES', 'BLOCK_SITES', 'TOP_SITES', 'FINAL_SITES', 'SHORT_NAMES', 'TOP_NAMES', 'ModelConfig', 'Site',
            'heads', 'part', 'ArchSpec', 'arch_spec', 'model_config', 'site_table', 'canonical_name', 'closest_names']
 
 # %% ../nbs/00_adapters.ipynb #071cdd12
@@ -106,6 +106,12 @@ class ArchSpec:
     why_missing: dict = field(default_factory=dict)
 
 # %% ../nbs/00_adapters.ipynb #9b557260
+_PARALLEL = ("attention and MLP run in parallel on resid_pre here, so there is no residual stream "
+             "between them: use blocks.{l}.hook_resid_pre, hook_attn_out and hook_mlp_out.")
+
+def _head_dim(cfg):
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
 def _llama_like(cfg, norm="RMS", post_norms=False, qk_norm=False):
     h, kv, d = cfg.num_attention_heads, cfg.num_key_value_heads, _head_dim(cfg)
     s = ArchSpec(layers="model.layers", embed="model.embed_tokens", ln_final="model.norm", unembed="lm_head",
@@ -122,6 +128,7 @@ def _llama_like(cfg, norm="RMS", post_norms=False, qk_norm=False):
         s.q_site, s.k_site = ("self_attn.q_norm", None), ("self_attn.k_norm", None)
     return s
 
+# %% ../nbs/00_adapters.ipynb #e3524557
 def _gpt2(cfg):
     h, dm = cfg.n_head, cfg.n_embd
     d = dm // h
@@ -158,6 +165,7 @@ def _gptj(cfg):
                                  "ln2": "GPT-J has one norm per block (ln_1), shared by attention and MLP: "
                                         "use blocks.{l}.ln1.hook_normalized / ln1.hook_scale."})
 
+# %% ../nbs/00_adapters.ipynb #66a871c1
 def _phi3(cfg):
     h, kv, d = cfg.num_attention_heads, cfg.num_key_value_heads, _head_dim(cfg)
     dm = cfg.intermediate_size
@@ -186,13 +194,8 @@ def _opt(cfg):
                     mlp=None, mlp_in=("fc1", None), mlp_out_proj="fc2", mlp_out="fc2", mlp_act="activation_fn",
                     normalization="LN", flat_mlp=True)
 
-_PARALLEL = ("attention and MLP run in parallel on resid_pre here, so there is no residual stream "
-             "between them: use blocks.{l}.hook_resid_pre, hook_attn_out and hook_mlp_out.")
-
-def _head_dim(cfg):
-    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-
-ARCHITECTURES = {
+# %% ../nbs/00_adapters.ipynb #0871ca83
+FAMILIES = {
     "gpt2": _gpt2,
     "llama": _llama_like,
     "mistral": _llama_like,
@@ -206,14 +209,13 @@ ARCHITECTURES = {
     "opt": _opt,
 }
 
-# %% ../nbs/00_adapters.ipynb #0871ca83
 def arch_spec(hf_config) -> ArchSpec:
     "The `ArchSpec` for an HF config, or a clear error listing the supported families."
     mt = hf_config.model_type
-    if mt not in ARCHITECTURES:
-        raise ValueError(f"deeplens has no adapter for model_type {mt!r}. Supported: {', '.join(sorted(ARCHITECTURES))}. "
+    if mt not in FAMILIES:
+        raise ValueError(f"deeplens has no adapter for model_type {mt!r}. Supported: {', '.join(sorted(FAMILIES))}. "
                          "Adding one means writing a site map in deeplens/adapters (nbs/00_adapters.ipynb).")
-    return ARCHITECTURES[mt](hf_config)
+    return FAMILIES[mt](hf_config)
 
 # %% ../nbs/00_adapters.ipynb #f0f17f2a
 def _first(cfg, *names, default=None):
@@ -303,6 +305,7 @@ def _block_sites(spec: ArchSpec, cfg: ModelConfig, l: int) -> tuple[dict, dict]:
     put("hook_resid_post", "")
     return sites, missing
 
+# %% ../nbs/00_adapters.ipynb #c8b8d6ab
 def site_table(spec: ArchSpec, cfg: ModelConfig) -> tuple[dict[str, Site], dict[str, str]]:
     "Every canonical hook name → `Site`, and every canonical name this model lacks → why."
     sites = {"hook_embed": Site(spec.embed)}
@@ -345,6 +348,7 @@ def canonical_name(name: str, layer: int | None = None, sub: str | None = None, 
         raise ValueError(f"unknown short hook name {name!r}; known: {', '.join(sorted(SHORT_NAMES))}, scale, normalized")
     return f"blocks.{layer}.{SHORT_NAMES[name]}"
 
+# %% ../nbs/00_adapters.ipynb #23d83096
 def closest_names(name: str, names, n: int = 5) -> list[str]:
     "The valid names nearest to a mistyped one."
     names = list(names)

@@ -10,6 +10,8 @@ import torch
 from .adapters import canonical_name, closest_names
 from .sites import resolve_one, check_layer, check_layers, check_point
 from .hooks import apply_norm, norm_eps, norm_scale
+from .files import atomic_write
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['CacheKeyError', 'nbytes', 'LazyDict', 'ActivationCache', 'keep_freed_memory', 'release_memory',
@@ -104,15 +106,8 @@ class ActivationCache:
                              "load it with ActivationCache.load(path, model=model).")
         return self.model
 
-# %% ../nbs/02_cache.ipynb #7134593c
-def _method(f):
-    "Attach `f` (named `_x`) to `ActivationCache` as method `x`."
-    name = f.__name__[1:]
-    f.__name__, f.__qualname__ = name, f"ActivationCache.{name}"
-    setattr(ActivationCache, name, f)
-    return f
-
 # %% ../nbs/02_cache.ipynb #0c212019
+@patch
 def _name(self: ActivationCache, key) -> str:
     "The full hook name for `key`: a name, or a tuple `(name, layer[, sub])` with short names allowed (`deeplens.sites`)."
     if isinstance(key, str):
@@ -131,12 +126,14 @@ def _name(self: ActivationCache, key) -> str:
         raise CacheKeyError(str(e)) from None
     return full + grad
 
+@patch
 def _resolve(self: ActivationCache, name: str, layer, sub) -> str:
     "One canonical name through the model's resolver; a cache loaded without its model only expands the short forms."
     if self.model is not None:
         return resolve_one(self.model, name if layer is None and sub is None else (name, layer, sub))
     return canonical_name(name, None if layer is None else check_layer(self.n_layers, layer), sub)
 
+@patch
 def _missing(self: ActivationCache, name: str, why: str = "") -> CacheKeyError:
     "A KeyError for a name that is not cached, listing what is nearest and how to cache it."
     msg = [f"{name!r} is not in this cache{why}."]
@@ -156,12 +153,12 @@ def _missing(self: ActivationCache, name: str, why: str = "") -> CacheKeyError:
                    "(names_filter=None caches every site).")
     return CacheKeyError("\n".join(msg))
 
-ActivationCache._name, ActivationCache._resolve, ActivationCache._missing = _name, _resolve, _missing
-
 # %% ../nbs/02_cache.ipynb #25ad0347
 _RESIDUAL_LIKE = ("hook_embed", "hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "hook_logits")
 
-def _repr(self: ActivationCache) -> str:
+@patch
+def __repr__(self: ActivationCache) -> str:
+    "How many activations, their batch and position sizes, their memory, and the first few names with shapes."
     n = len(self.cache_dict)
     size = ""
     ref = next((t for k, t in self.cache_dict.items() if k.endswith(_RESIDUAL_LIKE)), None)
@@ -177,19 +174,19 @@ def _repr(self: ActivationCache) -> str:
     if n > len(shown): lines.append(f"  … {n - len(shown)} more (cache.keys())")
     return "\n".join(lines)
 
-ActivationCache.__repr__ = _repr
-
 # %% ../nbs/02_cache.ipynb #89b41d76
+@patch
 def _upto(self: ActivationCache, layer) -> int:
     "A point in the residual stream, 0..n_layers (None and -1 mean n_layers: after the last block)."
     return check_point(self.n_layers, layer)
 
+@patch
 def _layer_list(self: ActivationCache, layers) -> list[int]:
     "Layers of `stack`: None (all), a list or slice, or a bare int for every layer before that residual point."
     return check_layers(self.n_layers, layers, upto=True)
 
-@_method
-def _stack(self: ActivationCache, name: str, layers=None, sub: str | None = None) -> torch.Tensor:
+@patch
+def stack(self: ActivationCache, name: str, layers=None, sub: str | None = None) -> torch.Tensor:
     "Site `name` of each layer in `layers` (None: all) stacked → `[n_layers_selected, ...]`."
     if name.startswith("blocks."):
         raise ValueError(f"stack takes a per-block name ('resid_post' or 'hook_resid_post'), not {name!r}")
@@ -198,9 +195,8 @@ def _stack(self: ActivationCache, name: str, layers=None, sub: str | None = None
     key = (lambda l: f"blocks.{l}.{name}") if "hook_" in name else (lambda l: (name, l, sub))
     return torch.stack([self[key(l)] for l in ls])
 
-ActivationCache._upto, ActivationCache._layer_list = _upto, _layer_list
-
 # %% ../nbs/02_cache.ipynb #333cae84
+@patch
 def _norm_for(self: ActivationCache, L: int, mlp_input: bool) -> tuple[str, str]:
     "(norm name for model.norm_module, cache key of its scale) for residual point L."
     if L == self.n_layers: return "ln_final", "ln_final.hook_scale"
@@ -209,8 +205,8 @@ def _norm_for(self: ActivationCache, L: int, mlp_input: bool) -> tuple[str, str]
         sub = "ln1"     # one shared norm per block (GPT-J)
     return f"blocks.{L}.{sub}", f"blocks.{L}.{sub}.hook_scale"
 
-@_method
-def _apply_ln_to_stack(self: ActivationCache, residual_stack: torch.Tensor, layer: int | None = None,
+@patch
+def apply_ln_to_stack(self: ActivationCache, residual_stack: torch.Tensor, layer: int | None = None,
                       mlp_input: bool = False, pos_slice=None, batch_slice=None, has_batch_dim: bool = True,
                       bias: bool = True) -> torch.Tensor:
     "Normalise each component of `[components, ..., d_model]` with the cached scale of the norm reading point `layer`."
@@ -241,9 +237,8 @@ def _apply_ln_to_stack(self: ActivationCache, residual_stack: torch.Tensor, laye
     return apply_norm(residual_stack, scale.to(dev), self._arch["normalization"],
                       None if w is None else w.to(dev), None if b is None else b.to(dev), center=True)
 
-ActivationCache._norm_for = _norm_for
-
 # %% ../nbs/02_cache.ipynb #33639bb1
+@patch
 def _resid(self: ActivationCache, L: int) -> torch.Tensor:
     "The residual stream at point L (resid_pre of block L, or the final resid_post); resid_post of L-1 also serves."
     n = self.n_layers
@@ -257,8 +252,8 @@ def _stack_parts(parts: list[torch.Tensor]) -> torch.Tensor:
     "Stack parts that may broadcast against each other (GPT-2's position embedding has batch 1)."
     return torch.stack(torch.broadcast_tensors(*parts))
 
-@_method
-def _accumulated_resid(self: ActivationCache, layer: int | None = None, incl_mid: bool = False,
+@patch
+def accumulated_resid(self: ActivationCache, layer: int | None = None, incl_mid: bool = False,
                       apply_ln: bool = False, pos_slice=None, mlp_input: bool = False,
                       return_labels: bool = False):
     "The residual stream at each stage up to point `layer` → `[components, batch, pos, d_model]` (and labels)."
@@ -276,6 +271,7 @@ def _accumulated_resid(self: ActivationCache, layer: int | None = None, incl_mid
     elif apply_ln: out = self.apply_ln_to_stack(out, L, mlp_input=mlp_input, pos_slice=pos_slice)
     return (out, labels) if return_labels else out
 
+@patch
 def _final_norm_each(self: ActivationCache, stack: torch.Tensor) -> torch.Tensor:
     "The final norm applied to each residual in `stack` with its own scale (the logit lens), weight and bias included."
     mod, dev = self._need_model("accumulated_resid(apply_ln=True)").norm_module("ln_final"), stack.device
@@ -283,11 +279,9 @@ def _final_norm_each(self: ActivationCache, stack: torch.Tensor) -> torch.Tensor
     return apply_norm(stack, norm_scale(stack, kind, norm_eps(mod)), kind,
                       None if w is None else w.detach().to(dev), None if b is None else b.detach().to(dev))
 
-ActivationCache._resid, ActivationCache._final_norm_each = _resid, _final_norm_each
-
 # %% ../nbs/02_cache.ipynb #a8a9ee85
-@_method
-def _decompose_resid(self: ActivationCache, layer: int | None = None, mlp_input: bool = False, mode: str = "all",
+@patch
+def decompose_resid(self: ActivationCache, layer: int | None = None, mlp_input: bool = False, mode: str = "all",
                     apply_ln: bool = False, pos_slice=None, incl_embeds: bool = True, return_labels: bool = False):
     "The parts that sum to the residual at point `layer`: embeddings, then attention and MLP outputs → `[components, ...]`."
     if mode not in ("all", "attn", "mlp"): raise ValueError(f"mode must be 'all', 'attn' or 'mlp', got {mode!r}")
@@ -308,6 +302,7 @@ def _decompose_resid(self: ActivationCache, layer: int | None = None, mlp_input:
     return (out, labels) if return_labels else out
 
 # %% ../nbs/02_cache.ipynb #2939a81a
+@patch
 def _head_result(self: ActivationCache, l: int, W_O=None) -> torch.Tensor:
     key = f"blocks.{l}.attn.hook_result"
     if key in self.cache_dict: return self.cache_dict[key]
@@ -318,8 +313,8 @@ def _head_result(self: ActivationCache, l: int, W_O=None) -> torch.Tensor:
     w = W_O[l].to(device=z.device, dtype=z.dtype)
     return torch.einsum("...hd,hdm->...hm", z, w)
 
-@_method
-def _stack_head_results(self: ActivationCache, layer: int | None = -1, return_labels: bool = False,
+@patch
+def stack_head_results(self: ActivationCache, layer: int | None = -1, return_labels: bool = False,
                        incl_remainder: bool = False, pos_slice=None, apply_ln: bool = False):
     "Each head's output (without b_O) in blocks before point `layer` → `[layers*heads, batch, pos, d_model]`."
     L = self._upto(layer)
@@ -340,8 +335,8 @@ def _stack_head_results(self: ActivationCache, layer: int | None = -1, return_la
     if apply_ln: out = self.apply_ln_to_stack(out, L, pos_slice=pos_slice)
     return (out, labels) if return_labels else out
 
-@_method
-def _compute_head_results(self: ActivationCache):
+@patch
+def compute_head_results(self: ActivationCache):
     "Add `attn.hook_result` for every layer whose `attn.hook_z` is cached (computed with the model's W_O)."
     W_O = self._need_model("compute_head_results").W_O.detach()
     for l in range(self.n_layers):
@@ -349,9 +344,8 @@ def _compute_head_results(self: ActivationCache):
             self.cache_dict[f"blocks.{l}.attn.hook_result"] = self._head_result(l, W_O)
     return self
 
-ActivationCache._head_result = _head_result
-
 # %% ../nbs/02_cache.ipynb #4db22470
+@patch
 def _token_ids(self: ActivationCache, tokens) -> torch.Tensor:
     if isinstance(tokens, str): return torch.tensor(self.model.to_single_token(tokens))
     if isinstance(tokens, (list, tuple)) and tokens and all(isinstance(t, str) for t in tokens):
@@ -374,8 +368,8 @@ def _align(t: torch.Tensor, dims: torch.Size) -> torch.Tensor:
                          f"{tuple(dims)}: pass one id, or one per batch (and position) entry.")
     return t
 
-@_method
-def _logit_attrs(self: ActivationCache, residual_stack: torch.Tensor, tokens, incorrect_tokens=None,
+@patch
+def logit_attrs(self: ActivationCache, residual_stack: torch.Tensor, tokens, incorrect_tokens=None,
                 pos_slice=None, batch_slice=None, has_batch_dim: bool = True, include_bias: bool = False) -> torch.Tensor:
     "Each component's direct contribution to logit(tokens) − logit(incorrect_tokens) → `[components(+1), ...]`."
     model = self._need_model("logit_attrs")
@@ -396,14 +390,13 @@ def _logit_attrs(self: ActivationCache, residual_stack: torch.Tensor, tokens, in
     if ln_b is not None: const = const + direction @ ln_b.detach().to(dev, direction.dtype)
     return torch.cat([attrs, const.to(attrs.dtype).expand(dims)[None]])
 
-ActivationCache._token_ids = _token_ids
-
 # %% ../nbs/02_cache.ipynb #f18ebbbc
+@patch
 def _batch_size(self: ActivationCache) -> int:
     return max((t.shape[0] for t in self.cache_dict.values() if t.ndim), default=0)
 
-@_method
-def _remove_batch_dim(self: ActivationCache) -> ActivationCache:
+@patch
+def remove_batch_dim(self: ActivationCache) -> ActivationCache:
     "Drop the batch dimension of a batch-of-one cache, in place (returns the cache)."
     if not self.has_batch_dim: return self
     b = self._batch_size()
@@ -414,8 +407,8 @@ def _remove_batch_dim(self: ActivationCache) -> ActivationCache:
     self.has_batch_dim = False
     return self
 
-@_method
-def _apply_slice_to_batch_dim(self: ActivationCache, batch_slice) -> ActivationCache:
+@patch
+def apply_slice_to_batch_dim(self: ActivationCache, batch_slice) -> ActivationCache:
     "A new cache with `batch_slice` applied to every tensor (an int drops the batch dim)."
     if not self.has_batch_dim: raise ValueError("this cache has no batch dimension")
     b = self._batch_size()
@@ -427,38 +420,29 @@ def _apply_slice_to_batch_dim(self: ActivationCache, batch_slice) -> ActivationC
     new._arch = dict(self._arch)
     return new
 
-@_method
-def _to(self: ActivationCache, device) -> ActivationCache:
+@patch
+def to(self: ActivationCache, device) -> ActivationCache:
     "Move every tensor to `device` (or cast to a dtype), in place; returns the cache."
     for k in list(self.cache_dict): self.cache_dict[k] = self.cache_dict[k].to(device)
     return self
 
-ActivationCache._batch_size = _batch_size
-
 # %% ../nbs/02_cache.ipynb #fb68c0dd
 _FORMAT = "deeplens.ActivationCache"
 
-@_method
-def _save(self: ActivationCache, path) -> Path:
+@patch
+def save(self: ActivationCache, path) -> Path:
     "Write the cache to one `.safetensors` file (atomically), with names, `has_batch_dim` and architecture as metadata."
     from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     owners: dict = {}
     for k, t in self.cache_dict.items(): owners.setdefault((t.device, t.untyped_storage().data_ptr()), []).append(k)
     shared = {k for ks in owners.values() if len(ks) > 1 for k in ks}
     tensors = {k: (t.detach().clone() if k in shared else t.detach()).contiguous() for k, t in self.cache_dict.items()}
     meta = {"format": _FORMAT, "version": 1, "names": list(self.cache_dict), "has_batch_dim": self.has_batch_dim,
             "model": self._arch}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={"deeplens": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"deeplens": json.dumps(meta)}))
 
-def _load(cls, path, model=None, device=None) -> ActivationCache:
+@patch(cls_method=True)
+def load(cls: ActivationCache, path, model=None, device=None) -> ActivationCache:
     "Read a cache written by `save`; pass `model` to use the methods that need weights (on `device`, default CPU)."
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -479,8 +463,6 @@ def _load(cls, path, model=None, device=None) -> ActivationCache:
     cache = cls(store, model, has_batch_dim=bool(meta["has_batch_dim"]))
     if model is None: cache._arch = arch
     return cache
-
-ActivationCache.load = classmethod(_load)
 
 # %% ../nbs/02_cache.ipynb #a304e469
 import ctypes, gc, platform, sys

@@ -8,7 +8,8 @@ import math, os
 from pathlib import Path
 import torch
 from torch.utils.data import Dataset, DataLoader
-from .store import ActivationStore, _atomic
+from .store import ActivationStore
+from .files import atomic_write
 
 # %% auto #0
 __all__ = ['load_activations', 'TensorRows', 'StoreRows', 'split_sizes', 'row_moments', 'ZScore', 'ActivationsDataset', 'as_rows',
@@ -128,9 +129,8 @@ class ZScore:
         "Write `mean` and `std` to a `.safetensors` file (atomically), with `eps` and the row count as metadata."
         from safetensors.torch import save_file
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic(path, lambda tmp: save_file({"mean": self.mean.contiguous(), "std": self.std.contiguous()}, str(tmp),
-                                            metadata={"eps": repr(self.eps), "n": str(self.n), "kind": "deeplens.zscore"}))
+        atomic_write(path, lambda tmp: save_file({"mean": self.mean.contiguous(), "std": self.std.contiguous()}, str(tmp),
+                                                  metadata={"eps": repr(self.eps), "n": str(self.n), "kind": "deeplens.zscore"}))
         return path
 
     @classmethod

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .model import HookedModel
-from .store import ActivationStore, pack, _tokens_shard
+from .store import ActivationStore, pack
 from .sae import SparseAutoencoder
 
 # %% auto #0
@@ -102,7 +102,7 @@ def _contexts(model: HookedModel, src, n_tokens: int, context_size: int) -> torc
     elif isinstance(src, ActivationStore):
         parts, total = [], 0
         for i in range(len(src.shards)):
-            t = torch.from_numpy(np.asarray(_tokens_shard(src, i)["tokens"]).astype(np.int64))
+            t = torch.from_numpy(np.asarray(src.shard_tokens(i)["tokens"]).astype(np.int64))
             parts.append(t); total += t.numel()
             if total >= n_tokens: break
         if not parts: raise ValueError(f"{src.path}: the store has no complete shards")
@@ -131,6 +131,49 @@ def _splice(act: torch.Tensor, fn, d_in: int) -> torch.Tensor:
         return fn(act.flatten(-2)).reshape(act.shape)
     return fn(act)
 
+# %% ../nbs/22_evals.ipynb #03aab54b
+def _replace(sae: SparseAutoencoder, acc: _Acc, keep: torch.Tensor, mode: str):
+    """A hook putting the SAE's reconstruction (`mode="sae"`; its metrics go to `acc`) or zeros (`"zero"`) in place of
+    the activation at the tokens `keep` `[batch, pos]`; the others keep their clean activation."""
+    def rec(a):
+        x_hat, z, _ = sae(a.to(sae.W_enc.device))
+        acc.update(a[keep], x_hat[keep], z[keep])
+        return x_hat.to(device=a.device, dtype=a.dtype)
+    def fn(act, hook_):
+        new = torch.zeros_like(act) if mode == "zero" else _splice(act, rec, sae.d_in)
+        return torch.where(keep.reshape(*keep.shape, *([1] * (act.ndim - 2))), new, act)
+    return fn
+
+# %% ../nbs/22_evals.ipynb #3c419375
+def _ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    "Next-token cross-entropy at every position but the last: `[batch, pos - 1]`."
+    lp = logits[:, :-1].float().log_softmax(-1)
+    return -lp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+def _batch_losses(model: HookedModel, hook: str, sae: SparseAutoencoder, acc: _Acc, ids: torch.Tensor,
+                  keep: torch.Tensor) -> dict:
+    "Summed CE of the clean, SAE and zero-ablated runs of `ids`, and summed KL of the two patched runs from the clean one."
+    clean = model(ids)
+    with model.hooks(fwd_hooks=[(hook, _replace(sae, acc, keep, "sae"))]): with_sae = model(ids)
+    with model.hooks(fwd_hooks=[(hook, _replace(sae, acc, keep, "zero"))]): zero = model(ids)
+    lp_clean = clean.float().log_softmax(-1)
+    out = {"ce_clean": float(_ce(clean, ids).sum())}
+    for name, lg in (("sae", with_sae), ("zero", zero)):
+        lp = lg.float().log_softmax(-1)
+        out[f"kl_{name}"] = float((lp_clean.exp() * (lp_clean - lp)).sum(-1).sum())
+        out[f"ce_{name}"] = float(_ce(lg, ids).sum())
+    return out
+
+# %% ../nbs/22_evals.ipynb #e565e1ed
+def _scores(sums: dict, n_pred: int, n_pos: int) -> dict:
+    "Mean CE per predicted token and KL per position, and the CE-loss and KL scores (nan where undefined)."
+    ce_clean, ce_sae, ce_zero = (sums[f"ce_{n}"] / n_pred for n in ("clean", "sae", "zero"))
+    kl_sae, kl_zero = sums["kl_sae"] / n_pos, sums["kl_zero"] / n_pos
+    return dict(ce_loss_without_sae=ce_clean, ce_loss_with_sae=ce_sae, ce_loss_with_ablation=ce_zero,
+                ce_loss_score=(ce_zero - ce_sae) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan"),
+                kl_div_with_sae=kl_sae, kl_div_with_ablation=kl_zero,
+                kl_div_score=(kl_zero - kl_sae) / kl_zero if kl_zero > 0 else float("nan"))
+
 # %% ../nbs/22_evals.ipynb #66452538
 @torch.no_grad()
 def evaluate_sae(sae: SparseAutoencoder, model: HookedModel, hook: str | None = None, texts_or_store=None,
@@ -149,49 +192,13 @@ def evaluate_sae(sae: SparseAutoencoder, model: HookedModel, hook: str | None = 
     acc = _Acc(sae.d_in, sae.d_sae)
     sums = dict(ce_clean=0.0, ce_sae=0.0, ce_zero=0.0, kl_sae=0.0, kl_zero=0.0)
     n_pred = n_pos = 0
-    state = {}
-
-    def capture(act, hook_):
-        state["act"] = act.detach()
-
-    def patch(mode):
-        def fn(act, hook_):
-            keep = state["keep"]                                  # [batch, pos]: not a special token
-            if mode == "zero": new = torch.zeros_like(act)
-            else:
-                def rec(a):
-                    x_hat, z, _ = sae(a.to(sae.W_enc.device))
-                    acc.update(a[keep], x_hat[keep], z[keep])
-                    return x_hat.to(device=a.device, dtype=a.dtype)
-                new = _splice(act, rec, sae.d_in)
-            return torch.where(keep.reshape(*keep.shape, *([1] * (act.ndim - 2))), new, act)
-        return fn
-
-    def ce(logits, ids):
-        lp = logits[:, :-1].float().log_softmax(-1)
-        return -lp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-
     with _EvalMode(sae):
         for i in tqdm(range(0, len(ctx), batch_size), disable=not progress, desc="evaluate_sae"):
             ids = ctx[i:i + batch_size].to(dev)
-            state["keep"] = ~torch.isin(ids, special.to(dev))
-            with model.hooks(fwd_hooks=[(hook, capture)]): clean = model(ids)
-            with model.hooks(fwd_hooks=[(hook, patch("sae"))]): with_sae = model(ids)
-            with model.hooks(fwd_hooks=[(hook, patch("zero"))]): zero = model(ids)
-            lp_clean = clean.float().log_softmax(-1)
-            for name, lg in (("sae", with_sae), ("zero", zero)):
-                lp = lg.float().log_softmax(-1)
-                sums[f"kl_{name}"] += float((lp_clean.exp() * (lp_clean - lp)).sum(-1).sum())
-                sums[f"ce_{name}"] += float(ce(lg, ids).sum())
-            sums["ce_clean"] += float(ce(clean, ids).sum())
+            keep = ~torch.isin(ids, special.to(dev))                     # [batch, pos]: not a special token
+            for k, v in _batch_losses(model, hook, sae, acc, ids, keep).items(): sums[k] += v
             n_pred += ids.shape[0] * (ids.shape[1] - 1); n_pos += ids.numel()
     if acc.n == 0: raise ValueError("every evaluated token is a special token; nothing was reconstructed")
     out = acc.result(dense_threshold)
-    ce_clean, ce_sae, ce_zero = (sums[f"ce_{n}"] / n_pred for n in ("clean", "sae", "zero"))
-    kl_sae, kl_zero = sums["kl_sae"] / n_pos, sums["kl_zero"] / n_pos
-    out.update(hook=hook, n_contexts=len(ctx), ce_loss_without_sae=ce_clean, ce_loss_with_sae=ce_sae,
-               ce_loss_with_ablation=ce_zero,
-               ce_loss_score=(ce_zero - ce_sae) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan"),
-               kl_div_with_sae=kl_sae, kl_div_with_ablation=kl_zero,
-               kl_div_score=(kl_zero - kl_sae) / kl_zero if kl_zero > 0 else float("nan"))
+    out.update(hook=hook, n_contexts=len(ctx), **_scores(sums, n_pred, n_pos))
     return out

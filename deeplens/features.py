@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 from .model import HookedModel
 from .hooks import layer_of
-from .store import ActivationStore, _abs_rows, _locate, _tokens_shard
+from .store import ActivationStore
 from .sae import SparseAutoencoder
 
 # %% auto #0
@@ -145,9 +145,8 @@ def _reuse_stats(sae, store, hook, k, stats, progress) -> FeatureStats:
 # %% ../nbs/30_features.ipynb #b35be7c5
 def context_tokens(store: ActivationStore, row: int) -> tuple[torch.Tensor, int]:
     "→ (token ids of the whole context that `row` came from, the row's position in it)."
-    r = _abs_rows(store, [int(row)])
-    shard, local = _locate(store, r)
-    t = _tokens_shard(store, int(shard[0]))
+    shard, local = store.locate(store.absolute_rows([int(row)]))
+    t = store.shard_tokens(int(shard[0]))
     c, p = t["row_ctx"][local[0]], int(t["row_pos"][local[0]])
     return torch.from_numpy(t["tokens"][c].astype(np.int64)), p
 

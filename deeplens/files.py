@@ -21,6 +21,16 @@ def fsync_path(path) -> None:
     finally: os.close(fd)
 
 # %% ../nbs/00b_files.ipynb #63a57fad
+_UMASK: list = []
+
+def _mode(path: Path) -> int:
+    "The permissions a plain `open(path, 'w')` would give: the file's own if it exists, else 0o666 less the umask."
+    try: return path.stat().st_mode & 0o7777
+    except FileNotFoundError: pass
+    if not _UMASK:                                 # read once: os.umask can only be read by setting it
+        m = os.umask(0o022); os.umask(m); _UMASK.append(m)
+    return 0o666 & ~_UMASK[0]
+
 def atomic_write(path, data: str | bytes | Callable[[Path], None], *, fsync: bool = True) -> Path:
     """Write `data` to `path` atomically: text (UTF-8), bytes, or a function `write(tmp_path)` that writes the file
     (e.g. `lambda p: save_file(tensors, p)`). The parent directory is created if needed. Returns `path`."""
@@ -31,6 +41,7 @@ def atomic_write(path, data: str | bytes | Callable[[Path], None], *, fsync: boo
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd); tmp = Path(tmp)
     try:
+        os.chmod(tmp, _mode(path))
         if isinstance(data, bytes): tmp.write_bytes(data)
         elif isinstance(data, str): tmp.write_text(data, encoding="utf-8")
         else: data(tmp)

@@ -4,9 +4,9 @@
 
 # %% ../nbs/01_hooks.ipynb #199050a1
 from __future__ import annotations
-import sys, types, weakref
+import contextlib, sys, types, weakref
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -206,13 +206,12 @@ def _register(impl: str) -> str:
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[impl])
     return name
 
-# %% ../nbs/01_hooks.ipynb #4af41af3
+# %% ../nbs/01_hooks.ipynb #c93d320f
 def _gptj_attn(self, query, key, value, attention_mask=None):
     z, pattern = hooked_attention(self, query, key, value, attention_mask, scaling=1 / float(self.scale_attn),
                                   dropout=self.attn_dropout.p, upcast=True)
     return z.transpose(1, 2), pattern
 
-# %% ../nbs/01_hooks.ipynb #c93d320f
 class AttentionSwitch:
     "Turn deeplens' attention function on while attention-internal hooks are attached."
     def __init__(self, entry: str = "interface"):
@@ -272,6 +271,7 @@ def _module(hf, path):
         if m is None: return hf.get_submodule(path)   # raises PyTorch's own error
     return m
 
+# %% ../nbs/01_hooks.ipynb #83043871
 def o_weight(o: nn.Module, n_heads, d_head):
     "W_O of an output projection as [head, d_head, d_model], for Linear and GPT-2's Conv1D."
     w = o.weight if type(o).__name__ == "Conv1D" else o.weight.T
@@ -283,6 +283,7 @@ def head_results(z: torch.Tensor, W_O: torch.Tensor) -> torch.Tensor:
     out = torch.bmm(z.flatten(0, 1).transpose(0, 1), W_O.to(z.dtype))     # one matmul per head: [head, b*p, d_model]
     return out.transpose(0, 1).unflatten(0, (b, p))
 
+# %% ../nbs/01_hooks.ipynb #6aecd318
 def attach(ctx: SiteContext, name: str, site: Site, fn: Callable, bwd: bool = False) -> list:
     "Register `fn(activation, hook)` at `site`; forward unless `bwd`. Returns handles to remove."
     hook = Hook(name, layer_of(name))
@@ -415,11 +416,6 @@ def has_hooks(module: nn.Module) -> bool:
     "True if something could change what `module` reads or returns: a forward (pre-)hook of its own or a global one, a deeplens attention hook, or a replaced `forward`."
     return bool(module._forward_hooks or module._forward_pre_hooks or module in _ATTN_HOOKS or "forward" in vars(module)
                 or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks)
-
-# %% ../nbs/01_hooks.ipynb #ed852779
-import contextlib, torch
-from torch import nn
-from typing import Callable, Iterator, Optional
 
 # %% ../nbs/01_hooks.ipynb #933c1836
 def _gh_snapshot(x):

@@ -47,6 +47,8 @@ def _alpha(a) -> float:
     try: return float(a)
     except (TypeError, ValueError): raise TypeError(f"alpha must be a number, got {type(a).__name__}") from None
 
+
+# %% ../nbs/31_intervene.ipynb #213ab7aa
 def _edit_codes(z: torch.Tensor, feats: list[int], alphas: list[float], mode: str) -> torch.Tensor:
     "The edited columns `z′[..., feats]` of codes `z` (only those columns: `[..., len(feats)]`)."
     if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -75,6 +77,8 @@ def _load_sae(sae_model, sae_config=None, device="auto") -> SparseAutoencoder:
         return SparseAutoencoder.load(sae_model, config=sae_config, device=_device(device))
     raise TypeError(f"sae_model must be a SparseAutoencoder, an SAE directory or a DeepLens .pt file; got {type(sae_model).__name__}")
 
+
+# %% ../nbs/31_intervene.ipynb #4fb69fcf
 def _check_acts(sae: SparseAutoencoder, acts) -> torch.Tensor:
     if not isinstance(acts, torch.Tensor): raise TypeError(f"activations must be a torch.Tensor, got {type(acts).__name__}")
     if acts.ndim == 0: raise ValueError("activations must have a feature dimension: [d], [seq, d] or [batch, seq, d]")
@@ -187,6 +191,8 @@ def _writer(values: torch.Tensor, n: int):
         return out
     return fn
 
+
+# %% ../nbs/31_intervene.ipynb #39632656
 class ReinjectSingleSample:
     "Run a model on a text with the activations at one hook replaced: logits `[seq, vocab]` or generated text."
     def __init__(self, hf_model=None, device: str = "auto", max_length: int = 1024):
@@ -248,6 +254,8 @@ def _on_rows(act: torch.Tensor, fn, d_in: int) -> torch.Tensor:
         raise ValueError(f"the activation at this hook has width {act.shape[-1]} but the SAE has d_in={d_in}")
     return fn(act)
 
+
+# %% ../nbs/31_intervene.ipynb #9c19f398
 class SpliceHandle:
     "What `splice_sae` yields: `.z` (codes of the last forward, detached), `.hook`, `.calls`."
     def __init__(self, hook: str): self.hook, self.z, self.calls = hook, None, 0

@@ -15,11 +15,10 @@ from .sites import resolve, resolve_one
 from .hooks import (Hook, SiteContext, AttentionSwitch, attach, attach_reader, has_hooks, apply_norm,
                             norm_eps, norm_scale, normalize, layer_of, head_results, softmax_pattern, o_weight)
 from .cache import ActivationCache, LazyDict, auto_keep_freed_memory, paused_gc
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['DEFAULT_MODEL', 'cache_dir', 'default_model_path', 'load_model', 'HookedModel', 'hooks', 'add_hook', 'reset_hooks',
-           'encode', 'to_tokens', 'to_str_tokens', 'to_string', 'to_single_token', 'next_token_loss', 'forward',
-           'run_with_hooks', 'Derived', 'derived_sites', 'run_with_cache', 'generate', 'norm_module']
+__all__ = ['DEFAULT_MODEL', 'cache_dir', 'default_model_path', 'load_model', 'HookedModel', 'next_token_loss', 'Derived']
 
 # %% ../nbs/03_model.ipynb #78fa6d96
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -33,6 +32,7 @@ def cache_dir() -> Path:
     import platformdirs
     return Path(platformdirs.user_cache_dir("deeplens"))
 
+# %% ../nbs/03_model.ipynb #144a0c1c
 def _say(msg): print(f"[deeplens] {msg}", file=sys.stderr, flush=True)
 
 def default_model_path(verbose: bool = True) -> Path:
@@ -87,6 +87,7 @@ def _dtype(dtype):
     if not isinstance(d, torch.dtype): raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
     return d
 
+# %% ../nbs/03_model.ipynb #a797d83c
 @contextlib.contextmanager
 def _quiet_transformers(quiet: bool):
     "With `quiet`, hide transformers' weight-loading progress bars for the duration (restored after)."
@@ -156,19 +157,21 @@ class HookedModel:
         return list(self.sites)
 
 # %% ../nbs/03_model.ipynb #ec1c2224
-def _site(self: HookedModel, name) -> Site:
+@patch
+def site(self: HookedModel, name) -> Site:
     "The `Site` of the one hook `name` names (any spelling `deeplens.sites.resolve` reads)."
     return self.sites[resolve_one(self, name)]
 
-def _names(self: HookedModel, spec) -> list[str]:
+@patch
+def names(self: HookedModel, spec) -> list[str]:
     "Canonical hook names for `spec`: a name, a `(short, layer)` tuple, a predicate `name -> bool`, None, or a list (see `deeplens.sites.resolve`)."
     if isinstance(spec, list) and all(type(n) is str and n in self.sites for n in spec): return list(spec)   # the common case, fast
     return resolve(self, spec)
 
-HookedModel.site, HookedModel.names = _site, _names
-
 # %% ../nbs/03_model.ipynb #4bc9f8de
+@patch
 def _attach_all(self: HookedModel, fwd_hooks=(), bwd_hooks=()) -> list:
+    "Attach every `(spec, fn)` hook; on an error remove those already attached."
     handles = []
     try:
         for hooks, bwd in ((fwd_hooks, False), (bwd_hooks, True)):
@@ -181,30 +184,33 @@ def _attach_all(self: HookedModel, fwd_hooks=(), bwd_hooks=()) -> list:
         raise
     return handles
 
+@patch
 @contextlib.contextmanager
 def hooks(self: HookedModel, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True):
     "Context manager: `fwd_hooks=[(name_or_filter, fn)]` (and `bwd_hooks`) are active inside the block."
     with self._lock:                      # other threads' calls wait until these hooks are gone
-        handles = _attach_all(self, fwd_hooks, bwd_hooks)
+        handles = self._attach_all(fwd_hooks, bwd_hooks)
         try: yield self
         finally:
             for h in reversed(handles): h.remove()
 
+# %% ../nbs/03_model.ipynb #1e171391
+@patch
 def add_hook(self: HookedModel, name, fn, dir: str = "fwd"):
     "Attach a hook that stays until `reset_hooks()`."
     if dir not in ("fwd", "bwd"): raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}")
     with self._lock:
-        self._persistent += _attach_all(self, [(name, fn)] if dir == "fwd" else (), [(name, fn)] if dir == "bwd" else ())
+        self._persistent += self._attach_all([(name, fn)] if dir == "fwd" else (), [(name, fn)] if dir == "bwd" else ())
 
+@patch
 def reset_hooks(self: HookedModel):
     "Remove every hook added with `add_hook`."
     with self._lock:
         for h in reversed(self._persistent): h.remove()
         self._persistent = []
 
-HookedModel.hooks, HookedModel.add_hook, HookedModel.reset_hooks = hooks, add_hook, reset_hooks
-
 # %% ../nbs/03_model.ipynb #d258366f
+@patch
 def encode(self: HookedModel, inputs, prepend_bos=None, padding_side=None):
     "Token ids and attention mask `[batch, pos]` on the model's device, for a string, a list of strings or a tensor of ids."
     if isinstance(inputs, torch.Tensor):
@@ -234,24 +240,29 @@ def encode(self: HookedModel, inputs, prepend_bos=None, padding_side=None):
         ids, mask = ids[:, 1:], mask[:, 1:]
     return ids.to(self.device), mask.to(self.device)
 
+# %% ../nbs/03_model.ipynb #9c524b5c
+@patch
 def to_tokens(self: HookedModel, inputs, prepend_bos=None, padding_side=None) -> torch.Tensor:
     "Token ids `[batch, pos]` for a string or list of strings."
-    return encode(self, inputs, prepend_bos, padding_side)[0]
+    return self.encode(inputs, prepend_bos, padding_side)[0]
 
+@patch
 def to_str_tokens(self: HookedModel, inputs, prepend_bos=None) -> list[str] | list[list[str]]:
     "Each token as a string (a list per text for a batch)."
     if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str) and len(inputs) > 1:
-        return [to_str_tokens(self, t, prepend_bos) for t in inputs]
-    ids = inputs if isinstance(inputs, torch.Tensor) else to_tokens(self, inputs, prepend_bos)
+        return [self.to_str_tokens(t, prepend_bos) for t in inputs]
+    ids = inputs if isinstance(inputs, torch.Tensor) else self.to_tokens(inputs, prepend_bos)
     ids = ids.reshape(-1).tolist()
     return [self.tokenizer.decode([i]) for i in ids]
 
+@patch
 def to_string(self: HookedModel, tokens) -> str | list[str]:
     "Decode token ids (1-d → str, 2-d → list of str)."
     t = torch.as_tensor(tokens)
     if t.ndim <= 1: return self.tokenizer.decode(t.reshape(-1).tolist())
     return [self.tokenizer.decode(r.tolist()) for r in t]
 
+@patch
 def to_single_token(self: HookedModel, s: str) -> int:
     "The id of a string that is exactly one token (else a ValueError listing its tokens)."
     ids = self.tokenizer.encode(s, add_special_tokens=False)
@@ -259,9 +270,6 @@ def to_single_token(self: HookedModel, s: str) -> int:
         raise ValueError(f"{s!r} is {len(ids)} tokens ({[self.tokenizer.decode([i]) for i in ids]}), not one; "
                          "pick a single-token string (often with a leading space, e.g. ' Paris').")
     return ids[0]
-
-HookedModel.encode, HookedModel.to_tokens, HookedModel.to_str_tokens, HookedModel.to_string, HookedModel.to_single_token = \
-    encode, to_tokens, to_str_tokens, to_string, to_single_token
 
 # %% ../nbs/03_model.ipynb #74a50960
 def next_token_loss(logits, ids, mask, per_token=False):
@@ -271,19 +279,8 @@ def next_token_loss(logits, ids, mask, per_token=False):
     m = mask[:, 1:].to(nll.dtype)
     return nll * m if per_token else (nll * m).sum() / m.sum().clamp(min=1)
 
-class _Stop(Exception):
-    "Raised by the stop_at_layer hook to end a forward early."
-
-def _stop_hook(self: HookedModel, layer: int, box: list):
-    "A pre-hook on block `layer` (or on ln_final) that keeps the residual and ends the forward."
-    if not isinstance(layer, int) or not 0 <= layer <= self.cfg.n_layers:
-        raise ValueError(f"stop_at_layer must be an int in 0..{self.cfg.n_layers}, got {layer!r}")
-    path = self.spec.ln_final if layer == self.cfg.n_layers else f"{self.spec.layers}.{layer}"
-    def pre(m, args, kwargs):
-        box.append(args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor)))
-        raise _Stop
-    return self.hf.get_submodule(path).register_forward_pre_hook(pre, with_kwargs=True)
-
+# %% ../nbs/03_model.ipynb #0f016c4c
+@patch
 def _check_ids(self: HookedModel, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int = 0):
     "Refuse inputs the model cannot run: no tokens, ids outside its embedding, more positions than its context."
     b, n = ids.shape
@@ -300,13 +297,30 @@ def _check_ids(self: HookedModel, ids: torch.Tensor, mask: torch.Tensor, new_tok
         raise ValueError(f"the inputs are {n} tokens{more}, longer than the model's context of {self.cfg.n_ctx} positions "
                          f"(cfg.n_ctx); cut them into windows of at most {self.cfg.n_ctx - new_tokens} tokens")
 
+@patch
 def _prepare(self: HookedModel, inputs, attention_mask=None, prepend_bos=None, padding_side=None, new_tokens: int = 0):
     "→ (input_ids, attention_mask) on the model's device, checked to be runnable (`_check_ids`)."
-    ids, mask = encode(self, inputs, prepend_bos, padding_side)
+    ids, mask = self.encode(inputs, prepend_bos, padding_side)
     if attention_mask is not None: mask = attention_mask.to(self.device)
-    _check_ids(self, ids, mask, new_tokens)
+    self._check_ids(ids, mask, new_tokens)
     return ids, mask
 
+# %% ../nbs/03_model.ipynb #07186d0f
+class _Stop(Exception):
+    "Raised by the stop_at_layer hook to end a forward early."
+
+@patch
+def _stop_hook(self: HookedModel, layer: int, box: list):
+    "A pre-hook on block `layer` (or on ln_final) that keeps the residual and ends the forward."
+    if not isinstance(layer, int) or not 0 <= layer <= self.cfg.n_layers:
+        raise ValueError(f"stop_at_layer must be an int in 0..{self.cfg.n_layers}, got {layer!r}")
+    path = self.spec.ln_final if layer == self.cfg.n_layers else f"{self.spec.layers}.{layer}"
+    def pre(m, args, kwargs):
+        box.append(args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor)))
+        raise _Stop
+    return self.hf.get_submodule(path).register_forward_pre_hook(pre, with_kwargs=True)
+
+@patch
 def _run(self: HookedModel, ids, mask, return_type="logits", stop_at_layer: int | None = None, **hf_kwargs):
     "The forward itself, on prepared ids and mask."
     if return_type not in ("logits", "loss", "both", None):
@@ -316,7 +330,7 @@ def _run(self: HookedModel, ids, mask, return_type="logits", stop_at_layer: int 
         kw["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
     if stop_at_layer is not None:
         box = []
-        handle = _stop_hook(self, stop_at_layer, box)
+        handle = self._stop_hook(stop_at_layer, box)
         try: self.hf(**kw)
         except _Stop: return box[0]
         finally: handle.remove()
@@ -327,20 +341,26 @@ def _run(self: HookedModel, ids, mask, return_type="logits", stop_at_layer: int 
     loss = next_token_loss(logits, ids, mask)
     return loss if return_type == "loss" else (logits, loss)
 
+# %% ../nbs/03_model.ipynb #ef43b606
+@patch
 def forward(self: HookedModel, inputs, return_type: str | None = "logits", *, attention_mask=None,
             prepend_bos=None, padding_side=None, stop_at_layer: int | None = None, **hf_kwargs):
     """Run the model: str, list of str, or token ids → logits / loss.
     With `stop_at_layer=L` only blocks 0..L-1 run and the residual entering block L is returned
     (L = n_layers: the final residual before `ln_final`)."""
-    ids, mask = _prepare(self, inputs, attention_mask, prepend_bos, padding_side)
-    with self._lock: return _run(self, ids, mask, return_type, stop_at_layer, **hf_kwargs)
+    ids, mask = self._prepare(inputs, attention_mask, prepend_bos, padding_side)
+    with self._lock: return self._run(ids, mask, return_type, stop_at_layer, **hf_kwargs)
 
+@patch
 def run_with_hooks(self: HookedModel, inputs, fwd_hooks=(), bwd_hooks=(), return_type="logits", **kw):
     "Forward with `fwd_hooks=[(name_or_filter, fn)]` (and backward hooks) attached for this call only."
     with self.hooks(fwd_hooks, bwd_hooks):
-        return forward(self, inputs, return_type, **kw)
+        return self.forward(inputs, return_type, **kw)
 
-HookedModel.forward, HookedModel.__call__, HookedModel.run_with_hooks = forward, forward, run_with_hooks
+@patch
+def __call__(self: HookedModel, *args, **kwargs):
+    "`model(inputs, ...)` is `model.forward(inputs, ...)`."
+    return self.forward(*args, **kwargs)
 
 # %% ../nbs/03_model.ipynb #f9948a35
 @dataclass(frozen=True)
@@ -360,6 +380,8 @@ def _result(z, o, c):
     w = o_weight(o, c.n_heads, c.d_head).detach()
     return head_results(z.to(w.device), w).to(z.device)
 
+# %% ../nbs/03_model.ipynb #fe3c2cda
+@patch
 def derived_sites(self: HookedModel) -> dict[str, Derived]:
     "Every site of this model that a cache can derive from other sites, in forward order (built once)."
     if self._derived is not None: return self._derived
@@ -387,16 +409,15 @@ def derived_sites(self: HookedModel) -> dict[str, Derived]:
     self._derived = {n: d for n, d in out.items() if n in self.sites}
     return self._derived
 
-HookedModel.derived_sites = derived_sites
-
 # %% ../nbs/03_model.ipynb #9839952a
 @functools.lru_cache(maxsize=None)
 def _kind(name: str) -> str: return re.sub(r"^blocks\.\d+\.", "", name)   # the site without its layer
 
+@patch
 def _plan(self: HookedModel, names: list[str], lazy: bool, always: bool = True):
     """→ (names to hook, {name: Derived} to derive, names both hooked and derived to check them).
     `lazy`: derive what can be derived; `always`: derive at least the `always` sites (hook_result)."""
-    table, want = derived_sites(self), set(names)
+    table, want = self.derived_sites(), set(names)
     derive, check, hidden = {}, [], []
     for n in names:
         d = table.get(n)
@@ -410,6 +431,7 @@ def _plan(self: HookedModel, names: list[str], lazy: bool, always: bool = True):
     hooked = [n for n in names if n not in derive or n in check] + hidden
     return hooked, derive, check
 
+# %% ../nbs/03_model.ipynb #df4eb656
 def _weights_state(mods) -> tuple: return tuple((id(p), p._version) for m in mods for p in m._parameters.values() if p is not None)
 
 class _Sources:
@@ -444,6 +466,7 @@ def _recipe(name: str, sources: _Sources):
         with torch.no_grad(): return sources.value(name, name)
     return compute
 
+# %% ../nbs/03_model.ipynb #7c73b69c
 def _identical(a, b) -> bool: return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
 
 def _available(n, saved, derive, memo) -> bool:
@@ -455,6 +478,7 @@ def _available(n, saved, derive, memo) -> bool:
 def _computed(n, saved, derive):
     return saved[n] if n in saved else derive[n].fn(*(_computed(i, saved, derive) for i in derive[n].inputs))
 
+@patch
 def _assemble(self: HookedModel, names, saved: dict, derive: dict, check: list) -> LazyDict:
     "The cache's entries, in the order of `names`: hooked tensors, and recipes for derived sites."
     verdicts, memo = {}, {}
@@ -506,6 +530,8 @@ def _slicer(pos_slice, dim):
         return t[(slice(None),) * dim + (idx,)].clone(memory_format=torch.contiguous_format)
     return f
 
+# %% ../nbs/03_model.ipynb #c2bcce87
+@patch
 @contextlib.contextmanager
 def _reading(self: HookedModel, keeps: dict):
     "Inside: `keeps[name](activation)` sees each named site (read-only hooks, all removed on exit)."
@@ -516,12 +542,13 @@ def _reading(self: HookedModel, keeps: dict):
     finally:
         for h in reversed(handles): h.remove()
 
+@patch
 def run_with_cache(self: HookedModel, inputs, names_filter=None, *, pos_slice=None, device=None,
                    incl_bwd: bool = False, return_type: str | None = "logits", metric: Callable | None = None, **kw):
     """Forward, caching activations at `names_filter` (None: all sites) → (output, ActivationCache).
     Sites that are exact functions of other cached sites are computed when first read (`derived_sites`)."""
     names = self.names(names_filter)
-    ids, mask = _prepare(self, inputs, *(kw.pop(k, None) for k in ("attention_mask", "prepend_bos", "padding_side")))
+    ids, mask = self._prepare(inputs, *(kw.pop(k, None) for k in ("attention_mask", "prepend_bos", "padding_side")))
     pos_slice = _positions(pos_slice, ids.shape[1])
     auto_keep_freed_memory(self.device)      # reuse the last cache's memory instead of faulting in fresh pages
     autocast = torch.is_autocast_enabled(self.device.type)
@@ -541,43 +568,21 @@ def run_with_cache(self: HookedModel, inputs, names_filter=None, *, pos_slice=No
     with self._lock:                          # no other thread's forward runs while these hooks are attached
         # hook_result is derived from hook_z of the whole sequence, unless pos_slice or autocast would make that a
         # different computation from the hook's: then it is hooked (computed for every position) and sliced like the rest
-        hooked, derive, check = _plan(self, names, lazy, always=pos_slice is None and not autocast)
+        hooked, derive, check = self._plan(names, lazy, always=pos_slice is None and not autocast)
         keeps = {n: keeper(n, self.sites[n].pos_dim) for n in hooked}
         bwd = [(n, lambda g, hook, keep=keeper(n + "_grad", self.sites[n].pos_dim, copy=True): keep(g))
                for n in names] if incl_bwd else []
-        with paused_gc(), grad_ctx, _reading(self, keeps), self.hooks((), bwd):   # no collector passes over the hooks' objects
-            out = _run(self, ids, mask, return_type, **kw)
+        with paused_gc(), grad_ctx, self._reading(keeps), self.hooks((), bwd):   # no collector passes over the hooks' objects
+            out = self._run(ids, mask, return_type, **kw)
             if incl_bwd:
                 target = metric(out) if metric is not None else out
                 if not isinstance(target, torch.Tensor) or target.numel() != 1:
                     raise ValueError("incl_bwd=True needs a scalar to differentiate: pass metric=fn(output) -> scalar, "
                                      "or return_type='loss'.")
                 target.backward()
-        store = _assemble(self, names, saved, derive, check)
+        store = self._assemble(names, saved, derive, check)
     if incl_bwd and isinstance(out, torch.Tensor): out = out.detach()
     return out, ActivationCache(store, self, has_batch_dim=True)
-
-HookedModel.run_with_cache = run_with_cache
-
-# %% ../nbs/03_model.ipynb #5042bd2e
-def generate(self: HookedModel, prompt, max_new_tokens: int = 20, fwd_hooks=(), *, do_sample: bool = False,
-             return_type: str = "str", prepend_bos=None, **hf_generate_kwargs):
-    """Generate continuations with hooks active; returns text (or token ids with return_type='tokens').
-    Logits that turn nan/inf raise a ValueError naming the hook whose output went non-finite first."""
-    if return_type not in ("str", "tokens"): raise ValueError("return_type must be 'str' or 'tokens'")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
-    ids, mask = _prepare(self, prompt, None, prepend_bos, "left", new_tokens=max_new_tokens)   # checked, like forward's
-    pad = self.tokenizer.pad_token_id if self.tokenizer is not None else None
-    watch = _LogitsWatch(self.hf, fwd_hooks, max_new_tokens)
-    with self.hooks(watch.fwd_hooks), watch, torch.no_grad():
-        out = self.hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                               do_sample=do_sample, pad_token_id=pad, **hf_generate_kwargs)
-    if return_type == "tokens": return out
-    texts = [self.tokenizer.decode(o, skip_special_tokens=True) for o in out]
-    return texts[0] if isinstance(prompt, str) or (isinstance(prompt, torch.Tensor) and prompt.ndim == 1) else texts
-
-HookedModel.generate = generate
 
 # %% ../nbs/03_model.ipynb #b3f09d61
 import math
@@ -651,12 +656,33 @@ class _LogitsWatch:
         return (f"{head}, though every hook passed to generate returned finite values{big}: what they wrote overflowed "
                 f"further on (try a smaller coefficient), or {outside} or the model itself produced them.")
 
+# %% ../nbs/03_model.ipynb #5042bd2e
+@patch
+def generate(self: HookedModel, prompt, max_new_tokens: int = 20, fwd_hooks=(), *, do_sample: bool = False,
+             return_type: str = "str", prepend_bos=None, **hf_generate_kwargs):
+    """Generate continuations with hooks active; returns text (or token ids with return_type='tokens').
+    Logits that turn nan/inf raise a ValueError naming the hook whose output went non-finite first."""
+    if return_type not in ("str", "tokens"): raise ValueError("return_type must be 'str' or 'tokens'")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+    ids, mask = self._prepare(prompt, None, prepend_bos, "left", new_tokens=max_new_tokens)   # checked, like forward's
+    pad = self.tokenizer.pad_token_id if self.tokenizer is not None else None
+    watch = _LogitsWatch(self.hf, fwd_hooks, max_new_tokens)
+    with self.hooks(watch.fwd_hooks), watch, torch.no_grad():
+        out = self.hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                               do_sample=do_sample, pad_token_id=pad, **hf_generate_kwargs)
+    if return_type == "tokens": return out
+    texts = [self.tokenizer.decode(o, skip_special_tokens=True) for o in out]
+    return texts[0] if isinstance(prompt, str) or (isinstance(prompt, torch.Tensor) and prompt.ndim == 1) else texts
+
 # %% ../nbs/03_model.ipynb #44b14c62
 def _xw(mod) -> torch.Tensor:
     "A projection's weight in `x @ W` form: [d_in, d_out]."
     return mod.weight if type(mod).__name__ == "Conv1D" else mod.weight.T
 
+@patch
 def _proj(self: HookedModel, l: int, proj, what="W"):
+    "Layer `l`'s projection `proj` (a `(path, view)` pair): its weight in `x @ W` form, or its bias (`what='b'`; zeros if none)."
     path, view = proj
     mod = self.hf.get_submodule(f"{self.spec.layers}.{l}.{path}")
     if what == "W":
@@ -665,39 +691,114 @@ def _proj(self: HookedModel, l: int, proj, what="W"):
     b = mod.bias if getattr(mod, "bias", None) is not None else torch.zeros(_xw(mod).shape[1], device=mod.weight.device, dtype=mod.weight.dtype)
     return view(b) if view else b
 
+@patch
 def _stack(self: HookedModel, proj, what="W", heads=False):
-    ws = [_proj(self, l, proj, what) for l in range(self.cfg.n_layers)]
+    "`_proj` of every layer, stacked (heads first for per-head weights)."
+    ws = [self._proj(l, proj, what) for l in range(self.cfg.n_layers)]
     if heads and what == "W": ws = [w.permute(1, 0, 2) for w in ws]      # [d_model, h, d] → [h, d_model, d]
     return torch.stack(ws)
 
+@patch
 def _o(self: HookedModel, l):
+    "Layer `l`'s attention output projection."
     return self.hf.get_submodule(f"{self.spec.layers}.{l}.{self.spec.o}")
 
-HookedModel.W_E = property(lambda self: self.hf.get_input_embeddings().weight)
-HookedModel.W_U = property(lambda self: self.hf.get_output_embeddings().weight.T)
-HookedModel.b_U = property(lambda self: (lambda m: m.bias if getattr(m, "bias", None) is not None
-                                         else torch.zeros(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device))(self.hf.get_output_embeddings()))
+# %% ../nbs/03_model.ipynb #72a72973
+@patch(as_prop=True)
+def W_E(self: HookedModel):
+    "Token embedding `[d_vocab, d_model]`."
+    return self.hf.get_input_embeddings().weight
 
-def _W_pos(self: HookedModel):
+@patch(as_prop=True)
+def W_U(self: HookedModel):
+    "Unembedding `[d_model, d_vocab]`."
+    return self.hf.get_output_embeddings().weight.T
+
+@patch(as_prop=True)
+def b_U(self: HookedModel):
+    "Unembedding bias `[d_vocab]` (zeros if the model has none)."
+    m = self.hf.get_output_embeddings()
+    if getattr(m, "bias", None) is not None: return m.bias
+    return torch.zeros(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device)
+
+@patch(as_prop=True)
+def W_pos(self: HookedModel):
+    "Learned position embedding `[n_ctx, d_model]` (a ValueError for rotary models)."
     if self.spec.pos_embed is None: raise ValueError(f"{self.cfg.architecture} uses rotary positions: there is no W_pos")
     w = self.hf.get_submodule(self.spec.pos_embed).weight
     off = getattr(self.hf.get_submodule(self.spec.pos_embed), "offset", 0)   # OPT keeps 2 unused rows
     return w[off:]
-HookedModel.W_pos = property(_W_pos)
-for _n, _p in (("Q", "q"), ("K", "k"), ("V", "v")):
-    setattr(HookedModel, f"W_{_n}", property(lambda self, p=_p: _stack(self, getattr(self.spec, p), "W", heads=True)))
-    setattr(HookedModel, f"b_{_n}", property(lambda self, p=_p: _stack(self, getattr(self.spec, p), "b")))
-HookedModel.W_O = property(lambda self: torch.stack([_xw(_o(self, l)).unflatten(0, (self.cfg.n_heads, self.cfg.d_head))
-                                                     for l in range(self.cfg.n_layers)]))
-HookedModel.b_O = property(lambda self: torch.stack([_proj(self, l, (self.spec.o, None), "b") for l in range(self.cfg.n_layers)]))
-HookedModel.W_in = property(lambda self: _stack(self, self.spec.mlp_in))
-HookedModel.b_in = property(lambda self: _stack(self, self.spec.mlp_in, "b"))
-HookedModel.W_gate = property(lambda self: _stack(self, self.spec.mlp_gate) if self.spec.mlp_gate else
-                              (_ for _ in ()).throw(ValueError("this MLP is not gated: there is no W_gate")))
-HookedModel.W_out = property(lambda self: _stack(self, (self.spec.mlp_out_proj, None)))
-HookedModel.b_out = property(lambda self: _stack(self, (self.spec.mlp_out_proj, None), "b"))
+
+# %% ../nbs/03_model.ipynb #6e085f9f
+@patch(as_prop=True)
+def W_Q(self: HookedModel):
+    "Query weights `[n_layers, n_heads, d_model, d_head]`."
+    return self._stack(self.spec.q, "W", heads=True)
+
+@patch(as_prop=True)
+def W_K(self: HookedModel):
+    "Key weights `[n_layers, n_kv_heads, d_model, d_head]`."
+    return self._stack(self.spec.k, "W", heads=True)
+
+@patch(as_prop=True)
+def W_V(self: HookedModel):
+    "Value weights `[n_layers, n_kv_heads, d_model, d_head]`."
+    return self._stack(self.spec.v, "W", heads=True)
+
+@patch(as_prop=True)
+def b_Q(self: HookedModel):
+    "Query biases `[n_layers, n_heads, d_head]` (zeros if none)."
+    return self._stack(self.spec.q, "b")
+
+@patch(as_prop=True)
+def b_K(self: HookedModel):
+    "Key biases `[n_layers, n_kv_heads, d_head]` (zeros if none)."
+    return self._stack(self.spec.k, "b")
+
+@patch(as_prop=True)
+def b_V(self: HookedModel):
+    "Value biases `[n_layers, n_kv_heads, d_head]` (zeros if none)."
+    return self._stack(self.spec.v, "b")
+
+@patch(as_prop=True)
+def W_O(self: HookedModel):
+    "Attention output weights `[n_layers, n_heads, d_head, d_model]`."
+    return torch.stack([_xw(self._o(l)).unflatten(0, (self.cfg.n_heads, self.cfg.d_head)) for l in range(self.cfg.n_layers)])
+
+@patch(as_prop=True)
+def b_O(self: HookedModel):
+    "Attention output bias `[n_layers, d_model]` (zeros if none)."
+    return torch.stack([self._proj(l, (self.spec.o, None), "b") for l in range(self.cfg.n_layers)])
+
+# %% ../nbs/03_model.ipynb #5740b926
+@patch(as_prop=True)
+def W_in(self: HookedModel):
+    "MLP input weights `[n_layers, d_model, d_mlp]` (the up projection of a gated MLP)."
+    return self._stack(self.spec.mlp_in)
+
+@patch(as_prop=True)
+def b_in(self: HookedModel):
+    "MLP input bias `[n_layers, d_mlp]` (zeros if none)."
+    return self._stack(self.spec.mlp_in, "b")
+
+@patch(as_prop=True)
+def W_gate(self: HookedModel):
+    "Gate weights of a gated MLP `[n_layers, d_model, d_mlp]` (a ValueError for an ungated MLP)."
+    if not self.spec.mlp_gate: raise ValueError("this MLP is not gated: there is no W_gate")
+    return self._stack(self.spec.mlp_gate)
+
+@patch(as_prop=True)
+def W_out(self: HookedModel):
+    "MLP output weights `[n_layers, d_mlp, d_model]`."
+    return self._stack((self.spec.mlp_out_proj, None))
+
+@patch(as_prop=True)
+def b_out(self: HookedModel):
+    "MLP output bias `[n_layers, d_model]` (zeros if none)."
+    return self._stack((self.spec.mlp_out_proj, None), "b")
 
 # %% ../nbs/03_model.ipynb #af10ebab
+@patch
 def norm_module(self: HookedModel, which: str) -> nn.Module:
     "The HF module of `ln_final`, `blocks.{l}.ln1` or `blocks.{l}.ln2`."
     if which == "ln_final": return self.hf.get_submodule(self.spec.ln_final)
@@ -708,10 +809,9 @@ def norm_module(self: HookedModel, which: str) -> nn.Module:
         return self.hf.get_submodule(f"{self.spec.layers}.{int(parts[1])}.{path}")
     raise ValueError(f"unknown norm {which!r}; use 'ln_final', 'blocks.L.ln1' or 'blocks.L.ln2'")
 
-def _apply_norm(self: HookedModel, x, scale, which: str = "ln_final", bias: bool = True, center: bool = True):
+@patch
+def apply_norm(self: HookedModel, x, scale, which: str = "ln_final", bias: bool = True, center: bool = True):
     "The output of norm `which` for input `x` divided by the given `scale`."
-    m = norm_module(self, which)
+    m = self.norm_module(which)
     return apply_norm(x, scale, self.cfg.normalization, getattr(m, "weight", None),
                       getattr(m, "bias", None) if bias else None, center=center)
-
-HookedModel.norm_module, HookedModel.apply_norm = norm_module, _apply_norm

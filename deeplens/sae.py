@@ -5,7 +5,7 @@ SAELens layout and able to read SAELens, EleutherAI sparsify and original DeepLe
 
 # %% ../nbs/20_sae.ipynb #f741b924
 from __future__ import annotations
-import json, math, os, tempfile, warnings
+import json, math, warnings
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -13,10 +13,11 @@ import torch.nn.functional as F
 import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from fastcore.basics import patch
+from .files import atomic_write
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'SparseAutoencoder', 'encode', 'decode', 'forward', 'auxk_loss', 'loss', 'normalize_decoder',
-           'remove_parallel_grads', 'post_step', 'init_b_dec', 'config', 'save', 'load']
+__all__ = ['ARCHITECTURES', 'SparseAutoencoder']
 
 # %% ../nbs/20_sae.ipynb #e96aca7a
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
@@ -285,10 +286,12 @@ def _update_threshold(self: SparseAutoencoder, kept: torch.Tensor):
     self.threshold.copy_(t + w * (pos.min().double() - t))
 
 # %% ../nbs/20_sae.ipynb #fed6e17f
+@patch
 def encode(self: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
     "Feature activations `z` [..., d_sae] of activations `x` [..., d_in]."
     return _encode(self, x)[0]
 
+@patch
 def decode(self: SparseAutoencoder, z: torch.Tensor) -> torch.Tensor:
     "Reconstruction `z @ W_dec + b_dec` [..., d_in] of feature activations `z` [..., d_sae]."
     if z.shape[-1] != self.d_sae: raise ValueError(f"z has last dimension {z.shape[-1]}, this SAE has d_sae={self.d_sae}")
@@ -305,13 +308,13 @@ def _forward(self: SparseAutoencoder, x: torch.Tensor, dense: bool = True) -> tu
     else: x_hat = z @ self.W_dec + self.b_dec
     return x_hat, z, pre, extra
 
+@patch
 def forward(self: SparseAutoencoder, x: torch.Tensor) -> tuple:
     "→ `(x_hat, z, z_pre)`: reconstruction, feature activations, pre-activations."
     return _forward(self, x)[:3]
 
-SparseAutoencoder.encode, SparseAutoencoder.decode, SparseAutoencoder.forward = encode, decode, forward
-
 # %% ../nbs/20_sae.ipynb #d7a6f5c3
+@patch
 def auxk_loss(self: SparseAutoencoder, x: torch.Tensor, x_hat: torch.Tensor, z_pre: torch.Tensor,
               dead_mask: torch.Tensor) -> torch.Tensor:
     "AuxK (Gao et al. 2024): MSE of the dead latents' top-`d_in/2` reconstruction of the residual `x − x_hat`."
@@ -339,6 +342,7 @@ def _sparse_code(vals: torch.Tensor, idx: torch.Tensor, d_sae: int) -> torch.Ten
                                    check_invariants=False)
 
 # %% ../nbs/20_sae.ipynb #b38228fe
+@patch
 def loss(self: SparseAutoencoder, x: torch.Tensor, *, dead_mask: torch.Tensor | None = None,
          sparsity_scale: float = 1.0, return_outputs: bool = False, sparse_codes: bool = False) -> tuple:
     """→ `(total, parts)`: the training loss of this architecture and a dict of its detached terms;
@@ -370,7 +374,7 @@ def loss(self: SparseAutoencoder, x: torch.Tensor, *, dead_mask: torch.Tensor | 
             parts[f"mse_{w}"] = (r - xt).pow(2).mean()
             total = total + parts[f"mse_{w}"]
     if a in _K_ARCHS and dead_mask is not None:
-        parts["auxk"] = auxk_loss(self, x, x_hat, pre, dead_mask)
+        parts["auxk"] = self.auxk_loss(x, x_hat, pre, dead_mask)
         total = total + self.auxk_coeff * parts["auxk"]
     if z is None or sparse: parts["l0"] = (extra[0] != 0).sum(-1).float().mean()
     else: parts["l0"] = (z != 0).sum(-1).float().mean()
@@ -379,9 +383,8 @@ def loss(self: SparseAutoencoder, x: torch.Tensor, *, dead_mask: torch.Tensor | 
     parts = {n: v.detach() for n, v in parts.items()}
     return (total, parts, (x_hat, z, pre)) if return_outputs else (total, parts)
 
-SparseAutoencoder.loss, SparseAutoencoder.auxk_loss = loss, auxk_loss
-
 # %% ../nbs/20_sae.ipynb #1d3b304f
+@patch
 @torch.no_grad()
 def normalize_decoder(self: SparseAutoencoder, eps: float = 1e-8) -> None:
     "Scale every decoder row `W_dec[j]` to unit norm (no-op unless `unit_norm_decoder`)."
@@ -389,6 +392,7 @@ def normalize_decoder(self: SparseAutoencoder, eps: float = 1e-8) -> None:
     W = self.W_dec    # a view of W_enc.T when tied, so writing it writes W_enc
     W.div_(W.norm(dim=1, keepdim=True).clamp_min(eps))
 
+@patch
 @torch.no_grad()
 def remove_parallel_grads(self: SparseAutoencoder, eps: float = 1e-8) -> None:
     "Remove from each decoder row's gradient its component along that row (call before `optimizer.step()`)."
@@ -399,11 +403,13 @@ def remove_parallel_grads(self: SparseAutoencoder, eps: float = 1e-8) -> None:
     coef = (G * W).sum(1, keepdim=True) / W.pow(2).sum(1, keepdim=True).clamp_min(eps)
     G.sub_(coef * W)
 
+@patch
 def post_step(self: SparseAutoencoder) -> None:
     "After `optimizer.step()`: renormalise the decoder rows (see `remove_parallel_grads` for before the step)."
     self.normalize_decoder()
 
 # %% ../nbs/20_sae.ipynb #a2bc8989
+@patch
 @torch.no_grad()
 def init_b_dec(self: SparseAutoencoder, x: torch.Tensor, method: str = "geometric_median", n_iter: int = 100,
                tol: float = 1e-6) -> torch.Tensor:
@@ -424,29 +430,14 @@ def init_b_dec(self: SparseAutoencoder, x: torch.Tensor, method: str = "geometri
     self.b_dec.copy_(m.to(self.b_dec.dtype))
     return self.b_dec
 
-SparseAutoencoder.normalize_decoder, SparseAutoencoder.remove_parallel_grads = normalize_decoder, remove_parallel_grads
-SparseAutoencoder.post_step, SparseAutoencoder.init_b_dec = post_step, init_b_dec
-
-# %% ../nbs/20_sae.ipynb #7fa07b2b
+# %% ../nbs/20_sae.ipynb #f82ff6a2
 _SAELENS_META = ("model_name", "hook_name", "model_class_name", "hook_layer", "hook_head_index",
                  "model_from_pretrained_kwargs", "prepend_bos", "exclude_special_tokens", "neuronpedia_id",
                  "context_size", "seqpos_slice", "dataset_path", "sae_lens_version", "sae_lens_training_version")
 _ORIGINAL = ("input_dims", "n_features", "activation", "input_norm", "k", "beta_l1", "tie_weights", "unit_norm_decoder")
 _SAELENS_ARCH = {"relu": "standard", "batchtopk": "jumprelu", "matryoshka": "jumprelu"}   # inference files
 
-def _atomic_write(path: Path, write) -> None:
-    "Call `write(tmp_path)`, then rename the temporary file onto `path`."
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp); os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda t: Path(t).write_text(text))
-
-# %% ../nbs/20_sae.ipynb #f82ff6a2
+@patch
 def config(self: SparseAutoencoder) -> dict:
     "The constructor arguments under their original DeepLens names (what `config.yaml` holds)."
     c = {"input_dims": self.d_in, "n_features": self.d_sae, "activation": self.activation,
@@ -474,6 +465,7 @@ def _saelens_gaps(self: SparseAutoencoder) -> list:
     return gaps
 
 # %% ../nbs/20_sae.ipynb #f9607808
+@patch
 def save(self: SparseAutoencoder, path, **metadata) -> Path:
     "Write `cfg.json`, `sae_weights.safetensors` (SAELens layout) and `config.yaml` to directory `path`."
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
@@ -490,15 +482,13 @@ def save(self: SparseAutoencoder, path, **metadata) -> Path:
     if self.k is not None: cfg["k"] = self.k
     if self.matryoshka_widths: cfg["matryoshka_widths"] = list(self.matryoshka_widths)
     cfg["metadata"] = {n: meta[n] for n in _SAELENS_META if n in meta}
-    cfg["deeplens"] = {**config(self), "l0_coeff": self.l0_coeff, "bandwidth": self.bandwidth,
+    cfg["deeplens"] = {**self.config(), "l0_coeff": self.l0_coeff, "bandwidth": self.bandwidth,
                        "threshold_lr": self.threshold_lr, "auxk_coeff": self.auxk_coeff,
                        "metadata": {n: v for n, v in meta.items() if n not in _SAELENS_META}}
-    _atomic_write(path / "sae_weights.safetensors", lambda t: save_file(_tensors(self), t))
-    _write_text(path / "cfg.json", json.dumps(cfg, indent=2, default=str))
-    _write_text(path / "config.yaml", yaml.safe_dump(config(self), sort_keys=False))
+    atomic_write(path / "sae_weights.safetensors", lambda t: save_file(_tensors(self), str(t)))
+    atomic_write(path / "cfg.json", json.dumps(cfg, indent=2, default=str))
+    atomic_write(path / "config.yaml", yaml.safe_dump(self.config(), sort_keys=False))
     return path
-
-SparseAutoencoder.save, SparseAutoencoder.config = save, config
 
 # %% ../nbs/20_sae.ipynb #989b49c8
 def _none(v):
@@ -728,8 +718,8 @@ def _load_legacy(p: Path, config=None, **kw) -> SparseAutoencoder:
                          src=p, **kw)
 
 # %% ../nbs/20_sae.ipynb #f2793d64
-@classmethod
-def load(cls, path, config=None, *, dtype: torch.dtype | None = None, device=None) -> SparseAutoencoder:
+@patch(cls_method=True)
+def load(cls: SparseAutoencoder, path, config=None, *, dtype: torch.dtype | None = None, device=None) -> SparseAutoencoder:
     """Load a deeplens/SAELens directory, an EleutherAI sparsify directory, or an original DeepLens `.pt`
     (with its `.yaml`: `config=` or found beside it)."""
     p = Path(path)
@@ -742,5 +732,3 @@ def load(cls, path, config=None, *, dtype: torch.dtype | None = None, device=Non
     if p.suffix in (".pt", ".pth", ".bin") and p.exists(): return _load_legacy(p, config, **kw)
     if p.name in ("sae_weights.safetensors", "sae.safetensors", "cfg.json"): return cls.load(p.parent, dtype=dtype, device=device)
     raise FileNotFoundError(f"{p}: not an SAE directory or a DeepLens .pt file")
-
-SparseAutoencoder.load = load

@@ -16,7 +16,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
+from fastcore.basics import patch
 from .corpus import Corpus, corpus as as_corpus
+from .files import atomic_write, fsync_path, write_json
 from .hooks import layer_of
 from .model import HookedModel, load_model
 
@@ -105,29 +107,6 @@ def _prefetch(it: Iterable, size: int = 512) -> Iterator:
     finally: stop.set()
 
 # %% ../nbs/11_store.ipynb #ccf75e43
-def _fsync(path: Path) -> None:
-    "Flush a file, or a directory's entries (POSIX; Windows cannot open a directory), to the disk."
-    if path.is_dir() and os.name != "posix": return
-    fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR)
-    try: os.fsync(fd)
-    finally: os.close(fd)
-
-def _atomic(path: Path, write) -> None:
-    """Call `write(tmp_path)`, flush the file, rename it onto `path` and flush the directory; on failure remove the
-    temporary file and re-raise."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(path.parent)
-
-def _write_json(path: Path, obj) -> None:
-    _atomic(path, lambda t: t.write_text(json.dumps(obj, indent=1)))
-
 def _read_json(p: Path):
     "The JSON in `p` (None if there is no such file); a damaged file is a clear error."
     if not p.exists(): return None
@@ -135,6 +114,7 @@ def _read_json(p: Path):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{p} is damaged ({e}): the store's index is lost. Rebuild the store with overwrite=True "
                          "(CLI: --overwrite).") from None
+
 
 # %% ../nbs/11_store.ipynb #eca2f78e
 def _crc32(path: Path, chunk: int = 1 << 22) -> str:
@@ -146,7 +126,7 @@ def _crc32(path: Path, chunk: int = 1 << 22) -> str:
 
 def _save(path: Path, tensors: dict) -> dict:
     "Write a safetensors file atomically; → its record for the index (size and CRC-32 of the bytes on disk)."
-    _atomic(path, lambda t: save_file({k: v.contiguous() for k, v in tensors.items()}, str(t)))
+    atomic_write(path, lambda t: save_file({k: v.contiguous() for k, v in tensors.items()}, str(t)))
     return {"bytes": path.stat().st_size, "crc32": _crc32(path)}
 
 # %% ../nbs/11_store.ipynb #f06826da
@@ -460,12 +440,17 @@ def _dist_env(rank, world_size) -> tuple[int, int]:
 _LOCK = "build.lock"
 _OWN = ("meta.json", "tokenizer", "acts-", "tokens-", "rank-")
 
+def _own(name: str) -> bool:
+    "A name a build writes, or the temporary file of one (`.NAME.XXXXXXXX.tmp`, left behind by a killed build)."
+    if name.startswith(".") and name.endswith(".tmp"): name = name[1:]
+    return name.startswith(_OWN)
+
 def _existing(out: Path, ident: dict, rank: int, world: int, resume: bool, overwrite: bool) -> tuple[list, bool]:
     "→ (this rank's intact complete shards to keep, whether the old store files must be cleared before writing)."
     if not out.exists(): return [], False
     if not out.is_dir(): raise ValueError(f"out_dir {out} exists and is not a directory")
     entries = [p.name for p in out.iterdir() if p.name != _LOCK]
-    foreign = sorted(e for e in entries if not e.startswith(_OWN))
+    foreign = sorted(e for e in entries if not _own(e))
     if foreign:
         raise ValueError(f"out_dir {out} holds files that are not part of an ActivationStore ({', '.join(foreign[:5])}); "
                          "choose an empty or new directory.")
@@ -703,9 +688,9 @@ class _ShardWriter:
         if rank == 0 and not (out / "tokenizer").exists():
             tmp = out / "tokenizer.tmp"
             shutil.rmtree(tmp, ignore_errors=True); self.req.m.tokenizer.save_pretrained(str(tmp))
-            for f in tmp.iterdir(): _fsync(f)
+            for f in tmp.iterdir(): fsync_path(f)
             os.replace(tmp, out / "tokenizer")
-        for d in {out.parent, out, self.dir}: _fsync(d)
+        for d in {out.parent, out, self.dir}: fsync_path(d)
         self.started = True
 
     def write_shard(self, ctxs: list[_Ctx], acts: dict, rows: int):
@@ -721,12 +706,12 @@ class _ShardWriter:
         meta = dict(self.ident, complete=complete)
         if complete: meta.update(n_tokens=self.box["rows"], n_contexts=self.box["contexts"], corpus_exhausted=self.box["exhausted"])
         if self.req.world == 1: meta["shards"] = self.shards
-        _write_json(self.out / "meta.json", meta)
+        write_json(self.out / "meta.json", meta)
 
     def write_progress(self, complete: bool):
         "Record this rank's shards (a single process: in `meta.json`)."
         if self.req.world == 1: return self.write_meta(complete)
-        _write_json(self.dir / "progress.json", dict(self.ident, rank=self.req.rank, shards=self.shards, complete=complete))
+        write_json(self.dir / "progress.json", dict(self.ident, rank=self.req.rank, shards=self.shards, complete=complete))
         if self.req.rank == 0 and (complete or not (self.out / "meta.json").exists()): self.write_meta(complete)
 
     def finish(self):
@@ -745,9 +730,10 @@ def _extract(run: _Runner, contexts: Iterator[_Ctx], writer: _ShardWriter, batch
         if pending: writer.write_shard(pending, *run.cap.take())
 
 # %% ../nbs/11_store.ipynb #61a51bc6
-def _build(cls, model, corpus, hooks, n_tokens, out_dir, *, context_size=128, batch_size=32, dtype="float32",
-           prepend_bos=True, exclude_special_tokens=True, resume=False, overwrite=False, progress=True,
-           shard_rows: int = 65536, rank: int | None = None, world_size: int | None = None):
+@patch(cls_method=True)
+def build(cls: ActivationStore, model, corpus, hooks, n_tokens, out_dir, *, context_size=128, batch_size=32, dtype="float32",
+          prepend_bos=True, exclude_special_tokens=True, resume=False, overwrite=False, progress=True,
+          shard_rows: int = 65536, rank: int | None = None, world_size: int | None = None):
     """Run `model` over `corpus` and store the activations at `hooks` of `n_tokens` token positions in `out_dir`.
     Returns the `ActivationStore` (under torchrun without an initialised process group: None where this rank
     cannot see that every rank has finished)."""
@@ -792,11 +778,10 @@ def _open_when_done(cls, out: Path, world: int):
         if not (meta and meta.get("complete") and all(p and p.get("complete") for p in progs)): return None
     return cls(out)
 
-ActivationStore.build = classmethod(_build)
-
 # %% ../nbs/11_store.ipynb #69a53415
 _MAX_MAPS = 64
 
+@patch
 def _acts(self: ActivationStore, i: int, hook: str) -> tuple[np.ndarray, str]:
     "The memory map of shard `i`'s activations at `hook` (a bounded number stay open)."
     key = (i, hook)
@@ -810,7 +795,8 @@ def _acts(self: ActivationStore, i: int, hook: str) -> tuple[np.ndarray, str]:
     return self._maps[key]
 
 # %% ../nbs/11_store.ipynb #38cd32f5
-def _verify(self: ActivationStore) -> ActivationStore:
+@patch
+def verify(self: ActivationStore) -> ActivationStore:
     """Read every file of every complete shard and compare it with the size and CRC-32 recorded when it was
     written; raise `CorruptShard` naming each damaged file, else return the store."""
     files = [d / n for d, k, _, _ in self.shards for n in (_tokens_name(k), *(_acts_name(h, k) for h in self.hooks))]
@@ -821,9 +807,8 @@ def _verify(self: ActivationStore) -> ActivationStore:
     if bad: raise _corrupt(self.path, bad)
     return self
 
-ActivationStore.verify = _verify
-
 # %% ../nbs/11_store.ipynb #89929587
+@patch
 def _hooks_arg(self: ActivationStore, hooks) -> tuple[list[str], bool]:
     "→ (hook names, whether to return a bare tensor rather than a dict)."
     if hooks is None: return self.hooks, len(self.hooks) == 1
@@ -833,8 +818,10 @@ def _hooks_arg(self: ActivationStore, hooks) -> tuple[list[str], bool]:
         if h not in self.hooks: raise KeyError(f"{h!r} is not in this store; it holds {self.hooks}")
     return names, single
 
-def _abs_rows(self: ActivationStore, rows) -> np.ndarray:
-    "Rows relative to this view (int, slice, sequence or tensor; negative ints count from the end) → absolute."
+@patch
+def absolute_rows(self: ActivationStore, rows) -> np.ndarray:
+    """Rows relative to this store or view (int, slice, sequence, bool mask or tensor; negative ints count from the
+    end) → absolute row indices of the whole store (what `locate` takes)."""
     n = len(self)
     if isinstance(rows, slice): r = np.arange(*rows.indices(n))
     else:
@@ -845,24 +832,28 @@ def _abs_rows(self: ActivationStore, rows) -> np.ndarray:
         if r.size and (r.min() < 0 or r.max() >= n): raise IndexError(f"row index out of range for a store of {n:,} rows")
     return r + self._lo
 
-def _locate(self: ActivationStore, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    "Absolute rows → (shard index, row inside that shard)."
+@patch
+def locate(self: ActivationStore, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "Absolute rows (see `absolute_rows`) → (the shard index of each, its row inside that shard)."
     j = np.searchsorted(self._run_start, rows, "right") - 1
     return self._run_shard[j], self._run_local[j] + rows - self._run_start[j]
 
+
 # %% ../nbs/11_store.ipynb #b3618647
+@patch
 def _gather(self: ActivationStore, rows: np.ndarray, hook: str) -> torch.Tensor:
     "Activations of absolute `rows` at `hook`, reading each shard once in ascending row order."
     out = torch.empty(len(rows), self.widths[hook], dtype=self.dtype)
     if not len(rows): return out
-    shard, local = _locate(self, rows)
+    shard, local = self.locate(rows)
     o = np.lexsort((local, shard))
     cuts = np.flatnonzero(np.diff(shard[o])) + 1
     for sel in np.split(o, cuts):
-        mm, sd = _acts(self, int(shard[sel[0]]), hook)
+        mm, sd = self._acts(int(shard[sel[0]]), hook)
         out[torch.from_numpy(sel)] = _to_torch(mm[local[sel]], sd)
     return out
 
+@patch
 def _range(self: ActivationStore, lo: int, hi: int, hook: str) -> torch.Tensor:
     "Activations of absolute rows `lo:hi` at `hook`, as contiguous reads."
     parts = []
@@ -870,32 +861,36 @@ def _range(self: ActivationStore, lo: int, hi: int, hook: str) -> torch.Tensor:
     while lo < hi:
         end = int(self._run_start[j + 1]) if j + 1 < len(self._run_start) else self._n
         b = min(hi, end)
-        mm, sd = _acts(self, int(self._run_shard[j]), hook)
+        mm, sd = self._acts(int(self._run_shard[j]), hook)
         a0 = int(self._run_local[j]) + lo - int(self._run_start[j])
         parts.append(_to_torch(mm[a0:a0 + b - lo], sd))
         lo, j = b, j + 1
     return torch.cat(parts) if parts else torch.empty(0, self.widths[hook], dtype=self.dtype)
 
-def _get(self: ActivationStore, rows, hook=None):
+@patch
+def get(self: ActivationStore, rows, hook=None):
     """Activations of `rows` (int, slice, sequence, tensor) at `hook` (a name, a list, or None = all hooks).
     A single hook gives a tensor `[n, width]` (`[width]` for an int row); several give a dict of them."""
-    names, single = _hooks_arg(self, hook)
-    r = _abs_rows(self, rows)
-    res = {h: _gather(self, r, h) for h in names}
+    names, single = self._hooks_arg(hook)
+    r = self.absolute_rows(rows)
+    res = {h: self._gather(r, h) for h in names}
     if isinstance(rows, (int, np.integer)): res = {h: t[0] for h, t in res.items()}
     return res[names[0]] if single else res
 
-ActivationStore.get = _get
-ActivationStore.__getitem__ = lambda self, rows: _get(self, rows)
+@patch
+def __getitem__(self: ActivationStore, rows):
+    "`store[rows]`: `store.get(rows)` at every hook."
+    return self.get(rows)
 
 # %% ../nbs/11_store.ipynb #157ba523
-def _iter_batches(self: ActivationStore, batch_size: int, shuffle: bool = True, seed: int = 0, device=None, hooks=None,
+@patch
+def iter_batches(self: ActivationStore, batch_size: int, shuffle: bool = True, seed: int = 0, device=None, hooks=None,
                  dtype=None, drop_last: bool = False, buffer_rows: int = 1 << 16, block_rows: int | None = None,
                  with_rows: bool = False) -> Iterator:
     """Batches of activations: a tensor `[batch_size, width]` per batch (a dict of them for several hooks);
     `(batch, rows)` with `with_rows=True`, `rows` being the row indices in this store/view."""
     if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    names, single = _hooks_arg(self, hooks)
+    names, single = self._hooks_arg(hooks)
     n = len(self)
     block = block_rows or max(1, min(4096, buffer_rows // 16))
     nblocks = -(-n // block)
@@ -912,7 +907,7 @@ def _iter_batches(self: ActivationStore, batch_size: int, shuffle: bool = True, 
     carry, carry_rows = {h: torch.empty(0, self.widths[h], dtype=self.dtype) for h in names}, torch.empty(0, dtype=torch.int64)
     for w in range(0, nblocks, per_window):
         spans = [(b * block, min(n, (b + 1) * block)) for b in order[w:w + per_window]]
-        data = {h: torch.cat([carry[h], *(_range(self, self._lo + a, self._lo + b, h) for a, b in spans)]) for h in names}
+        data = {h: torch.cat([carry[h], *(self._range(self._lo + a, self._lo + b, h) for a, b in spans)]) for h in names}
         rows = torch.cat([carry_rows, *(torch.arange(a, b) for a, b in spans)])
         if shuffle:
             perm = torch.randperm(len(rows), generator=g)
@@ -923,10 +918,9 @@ def _iter_batches(self: ActivationStore, batch_size: int, shuffle: bool = True, 
         carry, carry_rows = {h: t[full:] for h, t in data.items()}, rows[full:]
     if len(carry_rows) and not drop_last: yield emit(carry, carry_rows)
 
-ActivationStore.iter_batches = _iter_batches
-
 # %% ../nbs/11_store.ipynb #7ca271c3
-def _split(self: ActivationStore, *fractions) -> tuple:
+@patch
+def split(self: ActivationStore, *fractions) -> tuple:
     "Views over consecutive row ranges: `split(0.8)` → (first 80%, last 20%); `split(0.8, 0.1, 0.1)` → three."
     if len(fractions) == 1 and isinstance(fractions[0], (list, tuple)): fractions = tuple(fractions[0])
     if len(fractions) == 1: fractions = (fractions[0], 1 - fractions[0])
@@ -938,20 +932,19 @@ def _split(self: ActivationStore, *fractions) -> tuple:
     bounds.append(n)
     return tuple(self._view(self._lo + a, self._lo + b) for a, b in zip(bounds, bounds[1:]))
 
-ActivationStore.split = _split
-
 # %% ../nbs/11_store.ipynb #d0c7ce35
-def _stats(self: ActivationStore, hook: str | None = None, chunk_rows: int = 1 << 16) -> dict:
+@patch
+def stats(self: ActivationStore, hook: str | None = None, chunk_rows: int = 1 << 16) -> dict:
     "`{'mean': [width], 'std': [width], 'mean_norm': float, 'n': rows}` of `hook` over this store/view (float64 sums)."
     if hook is None:
         if len(self.hooks) > 1: raise ValueError(f"this store has several hooks; pass hook= one of {self.hooks}")
         hook = self.hooks[0]
-    _hooks_arg(self, hook)
+    self._hooks_arg(hook)
     if hook not in self._stats:
         w = self.widths[hook]
         s, ss, norm = torch.zeros(w, dtype=torch.float64), torch.zeros(w, dtype=torch.float64), 0.0
         for lo in range(self._lo, self._hi, chunk_rows):
-            x = _range(self, lo, min(self._hi, lo + chunk_rows), hook).double()
+            x = self._range(lo, min(self._hi, lo + chunk_rows), hook).double()
             s += x.sum(0); ss += (x * x).sum(0); norm += float(x.norm(dim=1).sum())
         n = max(len(self), 1)
         mean = s / n
@@ -959,11 +952,11 @@ def _stats(self: ActivationStore, hook: str | None = None, chunk_rows: int = 1 <
                              "mean_norm": norm / n, "n": len(self)}
     return self._stats[hook]
 
-ActivationStore.stats = _stats
-
 # %% ../nbs/11_store.ipynb #42f0da07
-def _tokens_shard(self: ActivationStore, i: int) -> dict:
-    "The token arrays of shard `i` (small; the last few are cached), with each row's context inside the shard."
+@patch
+def shard_tokens(self: ActivationStore, i: int) -> dict:
+    """The token arrays of shard `i` (see `locate`): `tokens`, `doc`, `doc_pos`, `keep` `[contexts, context_size]`,
+    `context`, `context_rows`, and per row `row_pos` and `row_ctx` (its context inside the shard). The last few are cached."""
     cache = self.__dict__.setdefault("_tok_cache", OrderedDict())
     if i not in cache:
         d, k, _, _ = self.shards[i]
@@ -975,36 +968,36 @@ def _tokens_shard(self: ActivationStore, i: int) -> dict:
         if len(cache) > 8: cache.popitem(last=False)
     return cache[i]
 
-def _token_index(self: ActivationStore, rows) -> dict:
+
+# %% ../nbs/11_store.ipynb #f5c9da95
+@patch
+def token_index(self: ActivationStore, rows) -> dict:
     """For each row: `token` id, `doc` (index in the corpus), `doc_pos` (token position in that document),
     `context` (global context index) and `context_pos` (position in the context)."""
-    r = _abs_rows(self, rows)
-    shard, local = _locate(self, r)
+    r = self.absolute_rows(rows)
+    shard, local = self.locate(r)
     out = {k: np.zeros(len(r), np.int64) for k in ("token", "doc", "doc_pos", "context", "context_pos")}
     for s in np.unique(shard):
         sel = np.flatnonzero(shard == s)
-        t = _tokens_shard(self, int(s))
+        t = self.shard_tokens(int(s))
         c, p = t["row_ctx"][local[sel]], t["row_pos"][local[sel]]
         out["token"][sel], out["doc"][sel], out["doc_pos"][sel] = t["tokens"][c, p], t["doc"][c, p], t["doc_pos"][c, p]
         out["context"][sel], out["context_pos"][sel] = t["context"][c], p
     res = {k: torch.from_numpy(v) for k, v in out.items()}
     return {k: v[0] for k, v in res.items()} if isinstance(rows, (int, np.integer)) else res
 
-ActivationStore.token_index = _token_index
-
 # %% ../nbs/11_store.ipynb #b5480ece
-def _tokens(self: ActivationStore, rows) -> torch.Tensor:
+@patch
+def tokens(self: ActivationStore, rows) -> torch.Tensor:
     "Token ids of `rows`."
-    return _token_index(self, rows)["token"]
+    return self.token_index(rows)["token"]
 
-def _context(self: ActivationStore, row: int, window: int = 8, mark: tuple[str, str] = ("«", "»")) -> str:
+@patch
+def context(self: ActivationStore, row: int, window: int = 8, mark: tuple[str, str] = ("«", "»")) -> str:
     "The text of up to `window` tokens either side of `row` (inside its context), the row's token marked."
-    r = _abs_rows(self, [row])
-    shard, local = _locate(self, r)
-    t = _tokens_shard(self, int(shard[0]))
+    shard, local = self.locate(self.absolute_rows([row]))
+    t = self.shard_tokens(int(shard[0]))
     c, p = t["row_ctx"][local[0]], int(t["row_pos"][local[0]])
     ids = t["tokens"][c].tolist()
     dec = lambda xs: self.tokenizer.decode(xs)
     return dec(ids[max(0, p - window):p]) + mark[0] + dec(ids[p:p + 1]) + mark[1] + dec(ids[p + 1:p + 1 + window])
-
-ActivationStore.tokens, ActivationStore.context = _tokens, _context

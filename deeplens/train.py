@@ -15,16 +15,15 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
-from .sae import ARCHITECTURES, SparseAutoencoder, _atomic_write, _write_text
+from fastcore.basics import patch, patch_to
+from .files import atomic_write, fsync_path
+from .sae import ARCHITECTURES, SparseAutoencoder
 from .stream import StoreStream, LRSchedule, LR_SCHEDULES
 
 # %% auto #0
 __all__ = ['geometric_median', 'optimizer_to_flat', 'optimizer_from_flat', 'CorruptCheckpointError', 'verify_checkpoint',
-           'latest_checkpoint', 'parse_count', 'TrainConfig', 'SAETrainer', 'close', 'on_train_start',
-           'configure_train', 'run_train', 'train_main', 'StoreStream', 'LRSchedule']
-
-# %% ../nbs/21_train.ipynb #845d87c9
-_all_ = ["StoreStream", "LRSchedule"]        # public here before they moved to deeplens.stream: still exported
+           'latest_checkpoint', 'parse_count', 'TrainConfig', 'SAETrainer', 'on_train_start', 'configure_train',
+           'run_train', 'train_main']
 
 # %% ../nbs/21_train.ipynb #944e3602
 def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6, eps: float = 1e-8) -> torch.Tensor:
@@ -91,7 +90,8 @@ def _run_sae(sae: nn.Module, x: torch.Tensor, dead: torch.Tensor | None = None, 
 
 # %% ../nbs/21_train.ipynb #9d0b95ac
 def _save_tensors(path: Path, tensors: dict):
-    _atomic_write(path, lambda t: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, t))
+    "Write `tensors` to `path`, in a checkpoint's temporary directory (which `_flush_dir` flushes as a whole)."
+    atomic_write(path, lambda t: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(t)), fsync=False)
 
 def _json_default(o):
     if isinstance(o, torch.Tensor): return o.tolist()
@@ -100,7 +100,8 @@ def _json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
 
 def _write_json(path: Path, obj):
-    _write_text(path, json.dumps(obj, indent=1, default=_json_default))
+    "`obj` as JSON (tensors, numpy scalars and paths included) in a checkpoint's temporary directory."
+    atomic_write(path, json.dumps(obj, indent=1, default=_json_default), fsync=False)
 
 def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
     "Optimizer state → (tensors for safetensors, JSON-able rest)."
@@ -158,18 +159,11 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""): h.update(block)
     return h.hexdigest()
 
-def _fsync(path: Path):
-    "Flush a file, or (on POSIX) a directory's entries, to disk."
-    if path.is_dir() and os.name != "posix": return
-    fd = os.open(path, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
-
 def _flush_dir(d: Path):
     "fsync every file in directory `d`, then `d` itself: after this, a rename of `d` cannot expose missing bytes."
     for p in d.iterdir():
-        if p.is_file(): _fsync(p)
-    _fsync(d)
+        if p.is_file(): fsync_path(p)
+    fsync_path(d)
 
 def _write_checksums(d: Path):
     _write_json(d / "checksums.json", {"sha256": {n: _sha256(d / n) for n in _CKPT_FILES}})
@@ -460,6 +454,7 @@ def _check_model(model):
     _num("beta_l1 (the SAE's L1 coefficient)", getattr(model, "beta_l1", None), ">=0", none=True,
          hint="; build the SparseAutoencoder with beta_l1= a number >= 0, e.g. 1e-3")
 
+@patch
 def _setup(self: SAETrainer, model: nn.Module, cfg: TrainConfig, *, store=None, eval_store=None, train_dataloader=None,
            eval_dataloader=None, optim=None, callbacks: Iterable[Callable] = ()):
     "Build the trainer from a checked config and the objects that are not settings (the real constructor)."
@@ -495,8 +490,6 @@ def _setup(self: SAETrainer, model: nn.Module, cfg: TrainConfig, *, store=None, 
     self._initialised = False
     self._writer = self._wandb = None
 
-SAETrainer._setup = _setup
-
 # %% ../nbs/21_train.ipynb #9045cd4f
 def _scaling(model: nn.Module, na) -> tuple:
     """(`normalize_activations` resolved for `model`, the scale to start with): "auto" becomes "expected_average" for
@@ -525,14 +518,16 @@ def _world_rank() -> tuple[int, int]:
     if dist.is_initialized(): return dist.get_world_size(), dist.get_rank()
     return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
 
-def _process_group(self: SAETrainer):
+@patch(as_prop=True)
+def _dist(self: SAETrainer):
     "`torch.distributed`, with the process group started if this run has several ranks and none is running yet."
     import torch.distributed as dist
     if self.world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
     return dist
 
-def _distributed(self: SAETrainer):
+@patch
+def distributed(self: SAETrainer):
     "Join the run's process group and wrap the objective in DDP (once; nothing in a single process)."
     if self.world == 1 or self.ddp is not None: return
     self._dist
@@ -540,9 +535,8 @@ def _distributed(self: SAETrainer):
     self.ddp = DDP(self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                    find_unused_parameters=True)
 
-SAETrainer._dist, SAETrainer.distributed = property(_process_group), _distributed
-
 # %% ../nbs/21_train.ipynb #ef0fe8f6
+@patch
 def _attach_store(self: SAETrainer, store, eval_store):
     "Store mode: the store, hook, batch size, token budget, step count, row stream and held-out store."
     from deeplens.store import ActivationStore
@@ -566,6 +560,7 @@ def _attach_store(self: SAETrainer, store, eval_store):
     self.stream = StoreStream(len(self.store), batch_size, self.random_seed)
     self.eval_store = eval_store if eval_store is None or isinstance(eval_store, ActivationStore) else ActivationStore(eval_store)
 
+@patch
 def _attach_loader(self: SAETrainer, loader):
     "DataLoader mode: the loader's batch size and the step count (epochs, or the token budget)."
     self.store, self.stream, self.eval_store = None, None, None
@@ -575,14 +570,11 @@ def _attach_loader(self: SAETrainer, loader):
     self._it, self._it_epoch = None, -1
     self._epoch_rng: dict = {}
 
-SAETrainer._attach_store, SAETrainer._attach_loader = _attach_store, _attach_loader
-
 # %% ../nbs/21_train.ipynb #8cd42d90
+@patch
 def _reset_window(self: SAETrainer):
     self._win = {"n": 0, "steps": 0, "sse": 0.0, "sx": None, "sxx": 0.0, "l0": 0.0, "loss": 0.0, "parts": {}}
     self._fires = torch.zeros(self.d_sae or 0, dtype=torch.float64)
-
-SAETrainer._reset_window = _reset_window
 
 # %% ../nbs/21_train.ipynb #ff4177ee
 def _loader_gens(loader) -> dict:
@@ -593,6 +585,7 @@ def _loader_gens(loader) -> dict:
     if sg is not None and sg is not out.get("loader"): out["sampler"] = sg
     return out
 
+@patch
 def _get_batch(self: SAETrainer, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     "(this rank's batch on the device as float32, its store rows or None) for `step`."
     if self.store is not None:
@@ -622,9 +615,8 @@ def _get_batch(self: SAETrainer, step: int) -> tuple[torch.Tensor, torch.Tensor 
                          f"d_in={self.d_in}")
     return x.to(self.device, torch.float32, non_blocking=True), None
 
-SAETrainer._get_batch = _get_batch
-
 # %% ../nbs/21_train.ipynb #0c26b1fe
+@patch
 def _init_b_dec(self: SAETrainer, n_rows: int = 32768):
     """Set `b_dec` to the geometric median (or mean) of up to `n_rows` training rows (same rows on every rank);
     with `normalize_activations="expected_average"`, first set the scale factor from the same rows."""
@@ -657,9 +649,8 @@ def _init_b_dec(self: SAETrainer, n_rows: int = 32768):
         v = geometric_median(x) if self.b_dec_init == "geometric_median" else x.mean(0)
         with torch.no_grad(): b.copy_(v.to(b.device, b.dtype))
 
-SAETrainer._init_b_dec = _init_b_dec
-
 # %% ../nbs/21_train.ipynb #394d19f5
+@patch
 def _allreduce(self: SAETrainer, t: torch.Tensor, op=None) -> torch.Tensor:
     if self.world == 1: return t
     op = op or self._dist.ReduceOp.SUM
@@ -668,6 +659,7 @@ def _allreduce(self: SAETrainer, t: torch.Tensor, op=None) -> torch.Tensor:
     self._dist.all_reduce(u, op=op)
     return u.to(t.device)
 
+@patch
 def _accumulate(self: SAETrainer, n: int, loss: torch.Tensor, parts: dict, stats: dict):
     "Add one step (already reduced over ranks) to the log window and the dead-latent counters."
     w = self._win
@@ -681,9 +673,8 @@ def _accumulate(self: SAETrainer, n: int, loss: torch.Tensor, parts: dict, stats
         self.tokens_since += n
         self.tokens_since[fires > 0] = 0
 
-SAETrainer._allreduce, SAETrainer._accumulate = _allreduce, _accumulate
-
 # %% ../nbs/21_train.ipynb #d2b3904c
+@patch
 def _log(self: SAETrainer, bar=None) -> dict:
     "Close the log window: a history record (also sent to the progress bar, wandb or tensorboard)."
     w = self._win
@@ -696,7 +687,7 @@ def _log(self: SAETrainer, bar=None) -> dict:
                    dead_frac=float((self.tokens_since >= self.dead_tokens).double().mean()),
                    dense_frac=float((self._fires / w["n"] > self.dense_threshold).double().mean()))
     self.history.append(rec)
-    _reset_window(self)
+    self._reset_window()
     if self.is_main:
         if bar is not None:
             bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("loss", "l0", "fvu") if k in rec}
@@ -707,11 +698,10 @@ def _log(self: SAETrainer, bar=None) -> dict:
                 if k != "step": self._writer.add_scalar(f"train/{k}", v, self.step)
     return rec
 
-SAETrainer._log = _log
-
 # %% ../nbs/21_train.ipynb #23dd4b64
+@patch
 @torch.no_grad()
-def _evaluate(self: SAETrainer) -> dict:
+def evaluate(self: SAETrainer) -> dict:
     "Held-out metrics of the current SAE: `eval_loss`, `eval_mse`, `eval_fvu`, `eval_l0` (empty dict without eval data)."
     if self.eval_store is not None:
         n = len(self.eval_store) if self.eval_tokens is None else min(len(self.eval_store), int(self.eval_tokens))
@@ -748,10 +738,9 @@ def _evaluate(self: SAETrainer) -> dict:
         out.update(eval_mse=float(acc[5] / acc[0]) / sx.numel() / scale ** 2, eval_fvu=float(acc[2]) / tss, eval_l0=float(acc[4] / acc[0]))
     return out
 
-SAETrainer.evaluate = _evaluate
-
 # %% ../nbs/21_train.ipynb #41b777b6
-def _config(self: SAETrainer) -> dict:
+@patch
+def config(self: SAETrainer) -> dict:
     "What a checkpoint must agree with to be resumed by this trainer."
     m = self.model
     return {
@@ -780,10 +769,9 @@ def _config_diff(old, new, prefix="") -> list[str]:
         return [f"{prefix.rstrip('.')}: {old!r} in the checkpoint, {new!r} now"]
     return []
 
-SAETrainer.config = _config
-
 # %% ../nbs/21_train.ipynb #6cfe138e
-def _save_checkpoint(self: SAETrainer) -> Path | None:
+@patch
+def save_checkpoint(self: SAETrainer) -> Path | None:
     "Write `checkpoints/step-NNNNNNNN/` (rank 0; other ranks wait) and prune all but the newest `keep_checkpoints`."
     path = None
     if self.is_main:
@@ -807,13 +795,11 @@ def _save_checkpoint(self: SAETrainer) -> Path | None:
             "time": time.time()})
         _write_checksums(tmp); _flush_dir(tmp)       # on disk before it is listed: a power cut cannot leave it short
         if path.exists(): shutil.rmtree(path)
-        os.replace(tmp, path); _fsync(root)
+        os.replace(tmp, path); fsync_path(root)
         done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
         for old in done[:-self.keep_checkpoints] if self.keep_checkpoints > 0 else []: shutil.rmtree(old, ignore_errors=True)
     if self.world > 1: self._dist.barrier()
     return path
-
-SAETrainer.save_checkpoint = _save_checkpoint
 
 # %% ../nbs/21_train.ipynb #d0d96187
 _META_KEYS = ("step", "config", "optimizer", "schedule", "python_rng", "best_eval", "history")
@@ -834,7 +820,8 @@ def _read_checkpoint(ck: Path, device) -> tuple[dict, dict, dict, dict]:
     tensors = lambda name, dev="cpu": read(name, lambda p: load_file(str(p), device=dev))
     return meta, tensors("model.safetensors", str(device)), tensors("optimizer.safetensors"), tensors("trainer.safetensors")
 
-def _load_checkpoint(self: SAETrainer, path):
+@patch
+def load_checkpoint(self: SAETrainer, path):
     """Restore everything `save_checkpoint` wrote, from the newest intact checkpoint at `path` (a run directory
     or one checkpoint): a corrupt one is skipped with a warning naming it. Refuses (ValueError, files untouched) a
     checkpoint of another config, and raises `CorruptCheckpointError` listing each one if none is intact."""
@@ -869,9 +856,8 @@ def _load_checkpoint(self: SAETrainer, path):
     self._initialised = True
     return ck
 
-SAETrainer.load_checkpoint = _load_checkpoint
-
 # %% ../nbs/21_train.ipynb #f88acd88
+@patch
 def _save_sae(self: SAETrainer, name: str) -> Path:
     "Save the SAE itself (its own `save(dir)` format when it has one) to `out_dir/name/`, atomically."
     d = self.out_dir / name; tmp = self.out_dir / (name + ".tmp")
@@ -886,9 +872,10 @@ def _save_sae(self: SAETrainer, name: str) -> Path:
                                         "best_eval": self.best_eval, "last": self.history[-1] if self.history else None})
     _flush_dir(tmp)
     if d.exists(): shutil.rmtree(d)
-    os.replace(tmp, d); _fsync(self.out_dir)
+    os.replace(tmp, d); fsync_path(self.out_dir)
     return d
 
+@patch
 def close(self: SAETrainer):
     """Leave the process group cleanly after DDP training: wait for every rank, free the DDP reducer (it holds
     the group), then destroy the group. Without this, gloo can hang at interpreter exit joining its threads."""
@@ -898,8 +885,6 @@ def close(self: SAETrainer):
         self.ddp = None
         import gc; gc.collect()
         dist.destroy_process_group()
-
-SAETrainer._save_sae, SAETrainer.close = _save_sae, close
 
 # %% ../nbs/21_train.ipynb #f2a62bf4
 _START: list[Callable] = []
@@ -911,13 +896,13 @@ def on_train_start(fn: Callable) -> Callable:
     _START[:] = [f for f in _START if key(f) != key(fn)] + [fn]
     return fn
 
+@patch
 def _announce_start(self: SAETrainer):
     if self.progress and self.is_main:
         for fn in list(_START): fn(self)
 
-SAETrainer._announce_start = _announce_start
-
 # %% ../nbs/21_train.ipynb #ebf727e0
+@patch
 def _claim_out_dir(self: SAETrainer, resuming: bool = False):
     """Before a run starts at step 0: refuse to write over what an earlier run left in `out_dir`, or, with
     `overwrite=True`, delete it first (only the trainer's own checkpoints/, best/, final/ and eval-step-*/)."""
@@ -935,9 +920,8 @@ def _claim_out_dir(self: SAETrainer, resuming: bool = False):
                 if p.is_dir(): shutil.rmtree(p)
     if self.world > 1: self._dist.barrier()
 
-SAETrainer._claim_out_dir = _claim_out_dir
-
 # %% ../nbs/21_train.ipynb #76a1e100
+@patch
 def _resume(self: SAETrainer, resume_from):
     "Load the newest intact checkpoint `resume_from` names (True: `out_dir`, where none is fine; a path: one must be there)."
     where = self.out_dir if resume_from is True else resume_from
@@ -945,6 +929,7 @@ def _resume(self: SAETrainer, resume_from):
     elif resume_from is not True:      # an explicit path must hold a checkpoint; True means "if there is one"
         raise FileNotFoundError(f"resume_from={str(resume_from)!r}: no complete checkpoint there")
 
+@patch
 def _initialise(self: SAETrainer):
     "A fresh run: seed torch, numpy and random, set `b_dec` (and the scale) from data, start every rank from rank 0's weights."
     torch.manual_seed(self.random_seed); np.random.seed(self.random_seed % 2 ** 32); random.seed(self.random_seed)
@@ -953,6 +938,7 @@ def _initialise(self: SAETrainer):
         for p in self.model.parameters(): self._dist.broadcast(p.data, 0)
     self._initialised = True
 
+@patch
 def _open_loggers(self: SAETrainer):
     if self.is_main and self.log_to_wandb and self._wandb is None:
         import wandb
@@ -961,6 +947,7 @@ def _open_loggers(self: SAETrainer):
         from torch.utils.tensorboard import SummaryWriter
         self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
 
+@patch
 def _prepare(self: SAETrainer, resume_from=None):
     "Everything `train()` does before its first step."
     resume_from = resume_from if resume_from is not None else self.resume_from
@@ -975,9 +962,8 @@ def _prepare(self: SAETrainer, resume_from=None):
     if not self._initialised: self._initialise()
     self._open_loggers()
 
-SAETrainer._resume, SAETrainer._initialise, SAETrainer._open_loggers, SAETrainer._prepare = _resume, _initialise, _open_loggers, _prepare
-
 # %% ../nbs/21_train.ipynb #33c078f0
+@patch
 def _checked_batch(self: SAETrainer, step: int) -> torch.Tensor:
     "This rank's batch for `step`, refused if any rank's holds NaN/Inf, scaled by `act_scale`."
     x, rows = self._get_batch(step)
@@ -991,12 +977,11 @@ def _checked_batch(self: SAETrainer, step: int) -> torch.Tensor:
                          "Clean the data (or rebuild the store) and resume.")
     return x * self.act_scale if self.act_scale != 1.0 else x
 
+@patch
 def _sparsity_scale(self: SAETrainer, step: int) -> float:
     "The L1 coefficient's warm-up multiplier at `step` (1 without `beta_l1` or warm-up)."
     warm = int(self.l1_warmup_fraction * self.total_steps) if self._beta_l1 else 0
     return min(1.0, (step + 1) / warm) if warm else 1.0
-
-SAETrainer._checked_batch, SAETrainer._sparsity_scale = _checked_batch, _sparsity_scale
 
 # %% ../nbs/21_train.ipynb #e36886da
 def _grad_hook(sae: nn.Module):
@@ -1006,6 +991,7 @@ def _grad_hook(sae: nn.Module):
         if callable(fn): return fn
     return None
 
+@patch
 def _update(self: SAETrainer, x: torch.Tensor, step: int) -> tuple:
     "One optimizer update on batch `x` at `step` → (loss, its parts, batch statistics) of this rank."
     mult = self.schedule(step)
@@ -1026,6 +1012,7 @@ def _update(self: SAETrainer, x: torch.Tensor, step: int) -> tuple:
     if callable(post): post()
     return loss, parts, stats
 
+@patch
 def _record(self: SAETrainer, loss: torch.Tensor, parts: dict, stats: dict):
     "Reduce a step's loss, parts and statistics over the ranks into the log window."
     flat = torch.cat([loss.detach().double().reshape(1).cpu(), *(v.reshape(1).cpu() for v in parts.values())])
@@ -1033,15 +1020,15 @@ def _record(self: SAETrainer, loss: torch.Tensor, parts: dict, stats: dict):
     if stats: stats = {k: self._allreduce(v.cpu()) for k, v in stats.items()}
     self._accumulate(self.batch_size, flat[0], dict(zip(parts, flat[1:])), stats)
 
+@patch
 def _step(self: SAETrainer):
     "Train on global batch `self.step` and move on to the next."
     x = self._checked_batch(self.step)
     self._record(*self._update(x, self.step))
     self.step += 1
 
-SAETrainer._update, SAETrainer._record, SAETrainer._step = _update, _record, _step
-
 # %% ../nbs/21_train.ipynb #d0b5238d
+@patch
 def _eval_step(self: SAETrainer):
     "Evaluate; record it, feed the plateau schedule, and save `best/` (and `eval-step-N/` unless `save_best_only`)."
     ev = self.evaluate()
@@ -1054,6 +1041,7 @@ def _eval_step(self: SAETrainer):
     if self.save_checkpoints and self.is_main and not self.save_best_only:
         self._save_sae(f"eval-step-{self.step:08d}")
 
+@patch
 def _after_step(self: SAETrainer, bar=None):
     "Log, evaluate and checkpoint where due after a step, then call the callbacks."
     last = self.step == self.total_steps
@@ -1064,9 +1052,8 @@ def _after_step(self: SAETrainer, bar=None):
     if self.save_checkpoints and (self.step % self.checkpoint_steps == 0 or last): self.save_checkpoint()
     for cb in self.callbacks: cb(self)
 
-SAETrainer._eval_step, SAETrainer._after_step = _eval_step, _after_step
-
 # %% ../nbs/21_train.ipynb #30a172ec
+@patch
 def _finish(self: SAETrainer):
     "After the last step: save `final/`, hand back an SAE for raw rows (the scale folded in), flush the loggers."
     if self.save_checkpoints and self.is_main: self._save_sae("final")
@@ -1075,7 +1062,8 @@ def _finish(self: SAETrainer):
         _fold_scale(self.model, self.act_scale)
     if self._writer is not None: self._writer.flush()
 
-def _train(self: SAETrainer, resume_from=None):
+@patch
+def train(self: SAETrainer, resume_from=None):
     "Run (or continue) training to `total_steps`; returns `self.history`."
     self.distributed()
     self._prepare(resume_from)
@@ -1092,8 +1080,6 @@ def _train(self: SAETrainer, resume_from=None):
     self._finish()
     return self.history
 
-SAETrainer._finish, SAETrainer.train = _finish, _train
-
 # %% ../nbs/21_train.ipynb #95c5de03
 _SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")      # 1e-3: a float that YAML 1.1 (PyYAML) reads as a string
 
@@ -1109,7 +1095,8 @@ def _yaml_value(path: Path, key: str, v, bools: set[str]):
                          f"{key}: false, without quotes")
     return v
 
-def _config_from_yaml(path) -> dict:
+@patch_to(SAETrainer, static_method=True)
+def config_from_yaml(path) -> dict:
     """The mapping in a YAML config file (SparseAutoencoder keyword arguments in the original DeepLens layout), with
     `1e-3` read as a number and booleans parsed strictly (`tie_weights: 'no'` is an error, not a true string)."""
     import yaml
@@ -1121,8 +1108,6 @@ def _config_from_yaml(path) -> dict:
     if not isinstance(cfg, dict): raise ValueError(f"{path} must hold a YAML mapping of settings, got {type(cfg).__name__}")
     bools = _bool_args()
     return {k: _yaml_value(path, k, v, bools) for k, v in cfg.items()}
-
-SAETrainer.config_from_yaml = staticmethod(_config_from_yaml)
 
 # %% ../nbs/21_train.ipynb #3a700e6c
 def _cli_fields() -> list:

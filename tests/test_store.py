@@ -400,12 +400,13 @@ def test_damaged_meta_is_a_clear_error(reference, tmp_path):
 
 def test_files_are_flushed_before_meta_lists_them(tiny, docs, tmp_path, monkeypatch):
     "Each shard file is fsynced under its temporary name, renamed, and its directory fsynced, before meta.json names it."
-    events, real_fsync, real_json = [], store_mod._fsync, store_mod._write_json
-    monkeypatch.setattr(store_mod, "_fsync", lambda p: (events.append(("fsync", Path(p).name)), real_fsync(p)))
+    import deeplens.files as files_mod                                    # every write goes through deeplens.files
+    events, real_fsync, real_json = [], files_mod.fsync_path, store_mod.write_json
+    monkeypatch.setattr(files_mod, "fsync_path", lambda p: (events.append(("fsync", Path(p).name)), real_fsync(p)))
     def write_json(path, obj):
         events.append(("listed", [n for s in obj.get("shards", []) for n in s["files"]]))
         real_json(path, obj)
-    monkeypatch.setattr(store_mod, "_write_json", write_json)
+    monkeypatch.setattr(store_mod, "write_json", write_json)
     out = tmp_path / "s"
     ActivationStore.build(tiny, docs, HOOKS, 600, out, **SUB)
     listed = [(i, names) for i, (kind, names) in enumerate(events) if kind == "listed"]
@@ -413,7 +414,7 @@ def test_files_are_flushed_before_meta_lists_them(tiny, docs, tmp_path, monkeypa
     for i, names in listed:
         before = events[:i]
         for n in names:
-            j = before.index(("fsync", n + ".tmp"))                       # the file's bytes
+            j = next(i for i, e in enumerate(before) if e[0] == "fsync" and e[1].startswith(f".{n}.") and e[1].endswith(".tmp"))   # the file's bytes, under its temporary name
             assert ("fsync", out.name) in before[j:], n                    # then the directory holding its new name
 
 def test_fingerprint_sees_every_parameter(tiny_dir):
