@@ -7,9 +7,10 @@ from __future__ import annotations
 import json, math, os, pickle, warnings
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 import numpy as np
 import torch
+from fastcore.basics import patch
+from .files import atomic_write
 from .model import HookedModel, load_model
 from .sites import SITE_ALIASES, UnknownSiteError, check_layers, resolve, resolve_one
 from .lens import unembed_fn
@@ -29,6 +30,7 @@ def as_hooked(model, tokenizer=None) -> HookedModel:
     raise TypeError(f"expected a HookedModel, a ModelAnalyzer or a transformers PreTrainedModel, got {type(model).__name__}; "
                     "load one with deeplens.load_model(...)")
 
+# %% ../nbs/60_analyzer.ipynb #b00fbd07
 def _inputs(m: HookedModel, texts, attention_mask=None, padding_side=None, prepend_bos=None):
     "→ (input_ids, attention_mask) for text(s) or token ids, with every row holding at least one real token."
     if isinstance(texts, torch.Tensor):
@@ -146,6 +148,7 @@ class TraceResult:
         b, p = self.input_ids.shape
         return f"TraceResult(batch={b}, pos={p}, layers={self.layers}, sites={list(self.sites)})"
 
+# %% ../nbs/60_analyzer.ipynb #4acaa314
 def trace(model, texts, layers=None, sites=("block_output", "final_norm", "logits"), *, attention_mask=None,
           padding_side=None, prepend_bos=None) -> TraceResult:
     "Run once and read the named `sites` (aliases above, or block hook suffixes) at `layers` (default all)."
@@ -259,16 +262,7 @@ def _unflatten(tensors: dict, meta: dict) -> list[ActivationRecord]:
                                     tensors.get(f"{i}/logits"), e["aliases"], e["attention_aliases"], e["metadata"]))
     return out
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
-
+# %% ../nbs/60_analyzer.ipynb #80cffac6
 def _format_of(path: Path, format, saving: bool) -> str:
     if format is not None:
         if format not in FORMATS: raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
@@ -284,6 +278,7 @@ def _format_of(path: Path, format, saving: bool) -> str:
 def _npz_safe(t: torch.Tensor) -> np.ndarray:
     return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
+# %% ../nbs/60_analyzer.ipynb #e2f85b6a
 def save_activations(records, path, format: str | None = None) -> Path:
     "Write an `ActivationRecord` or a list of them to `path` (format from `format`, else the suffix, else safetensors)."
     single = isinstance(records, ActivationRecord)
@@ -297,9 +292,9 @@ def save_activations(records, path, format: str | None = None) -> Path:
     meta["dtypes"] = {k: str(t.dtype).removeprefix("torch.") for k, t in tensors.items()}
     if fmt == "safetensors":
         from safetensors.torch import save_file
-        return _atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"deeplens": json.dumps(meta)}))
+        return atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"deeplens": json.dumps(meta)}))
     if fmt == "pt":
-        return _atomic_write(path, lambda p: torch.save({"deeplens": json.dumps(meta), "tensors": tensors}, p))
+        return atomic_write(path, lambda p: torch.save({"deeplens": json.dumps(meta), "tensors": tensors}, p))
     if fmt == "npz":
         names = list(tensors)
         meta["npz_names"] = names
@@ -307,15 +302,16 @@ def save_activations(records, path, format: str | None = None) -> Path:
             with open(p, "wb") as f:
                 np.savez_compressed(f, __deeplens__=np.array(json.dumps(meta)),
                                     **{f"t{j}": _npz_safe(tensors[k]) for j, k in enumerate(names)})
-        return _atomic_write(path, w)
+        return atomic_write(path, w)
     if fmt == "json":
         body = {"deeplens": meta, "tensors": {k: {"shape": list(t.shape), "data": _npz_safe(t).tolist()} for k, t in tensors.items()}}
-        return _atomic_write(path, lambda p: p.write_text(json.dumps(body)))
+        return atomic_write(path, json.dumps(body))
     warnings.warn(_PICKLE_WARNING, UserWarning, stacklevel=2)
     def w(p):
         with open(p, "wb") as f: pickle.dump({"deeplens": meta, "tensors": tensors}, f)
-    return _atomic_write(path, w)
+    return atomic_write(path, w)
 
+# %% ../nbs/60_analyzer.ipynb #f1d9fbd9
 def load_activations(path, format: str | None = None):
     "Read what `save_activations` wrote: an `ActivationRecord`, or a list if a list was saved."
     path = Path(path)
@@ -369,6 +365,7 @@ def compare_activations(rec1: ActivationRecord, rec2: ActivationRecord, layer, m
     if metric == "l2": return float((a - b).norm())
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
+# %% ../nbs/60_analyzer.ipynb #8e241cbf
 def get_activation_statistics(record: ActivationRecord, layer) -> dict:
     "Mean, std, min, max, mean |x|, L2 norm, mean per-token norm and fraction of exact zeros of one activation."
     t = record[layer].double()
@@ -402,22 +399,39 @@ class ModelAnalyzer:
     cfg = property(lambda self: self.hooked.cfg)
     device = property(lambda self: self.hooked.device)
 
+    # The record functions, reachable from the class too, as the toolkit had them: `ModelAnalyzer.save_activations(...)`.
+    save_activations, load_activations = staticmethod(save_activations), staticmethod(load_activations)
+    compare_activations, get_activation_statistics = staticmethod(compare_activations), staticmethod(get_activation_statistics)
+
+    # `score` and `trace` on this model; defined here because the module functions of the same name are API too.
+    def score(self, texts, temperature=None, **kw) -> ScoreResult:
+        "`score` on this model."
+        return score(self.hooked, texts, temperature, **kw)
+
+    def trace(self, texts, layers=None, sites=("block_output", "final_norm", "logits"), **kw) -> TraceResult:
+        "`trace` on this model."
+        return trace(self.hooked, texts, layers, sites, **kw)
+
     def __repr__(self): return f"ModelAnalyzer({self.hooked.cfg!r})"
 
 # %% ../nbs/60_analyzer.ipynb #c5335fee
-def _get_num_layers(self: ModelAnalyzer) -> int:
+@patch
+def get_num_layers(self: ModelAnalyzer) -> int:
     "Number of transformer blocks."
     return self.hooked.cfg.n_layers
 
-def _get_layer_names(self: ModelAnalyzer) -> list[str]:
+@patch
+def get_layer_names(self: ModelAnalyzer) -> list[str]:
     "Module path of each transformer block (`model.layers.0`, ... or `transformer.h.0`, ...)."
     return [f"{self.hooked.spec.layers}.{l}" for l in range(self.hooked.cfg.n_layers)]
 
-def _count_parameters(self: ModelAnalyzer, trainable_only: bool = False) -> int:
+@patch
+def count_parameters(self: ModelAnalyzer, trainable_only: bool = False) -> int:
     "Number of parameters (tied weights counted once)."
     return sum(p.numel() for p in self.model.parameters() if p.requires_grad or not trainable_only)
 
-def _architecture_summary(self: ModelAnalyzer) -> dict:
+@patch
+def architecture_summary(self: ModelAnalyzer) -> dict:
     "The facts `print_architecture_summary` prints, as a dict."
     c, s = self.hooked.cfg, self.hooked.spec
     return {"architecture": c.architecture, "model_type": c.model_type, "n_layers": c.n_layers, "d_model": c.d_model,
@@ -427,7 +441,8 @@ def _architecture_summary(self: ModelAnalyzer) -> dict:
             "parameters": self.count_parameters(), "layers_path": s.layers, "attention_module": s.attn,
             "mlp_module": s.mlp, "hook_sites": len(self.hooked.sites), "device": str(self.device)}
 
-def _print_architecture_summary(self: ModelAnalyzer) -> None:
+@patch
+def print_architecture_summary(self: ModelAnalyzer) -> None:
     "Print the architecture, sizes and module paths."
     d = self.architecture_summary()
     print(f"{d['architecture']} ({d['model_type']}), {d['parameters']:,} parameters, {d['dtype']} on {d['device']}")
@@ -437,20 +452,9 @@ def _print_architecture_summary(self: ModelAnalyzer) -> None:
     names = self.get_layer_names()
     print(f"  blocks: {names[0]} … {names[-1]}")
 
-ModelAnalyzer.get_num_layers, ModelAnalyzer.get_layer_names, ModelAnalyzer.count_parameters = \
-    _get_num_layers, _get_layer_names, _count_parameters
-ModelAnalyzer.architecture_summary, ModelAnalyzer.print_architecture_summary = _architecture_summary, _print_architecture_summary
-
 # %% ../nbs/60_analyzer.ipynb #32982c60
-def _score(self: ModelAnalyzer, texts, temperature=None, **kw) -> ScoreResult:
-    "`score` on this model."
-    return score(self.hooked, texts, temperature, **kw)
-
-def _trace(self: ModelAnalyzer, texts, layers=None, sites=("block_output", "final_norm", "logits"), **kw) -> TraceResult:
-    "`trace` on this model."
-    return trace(self.hooked, texts, layers, sites, **kw)
-
-def _generate(self: ModelAnalyzer, prompt: str, max_new_tokens: int = 50, return_activations: bool = False, **kw):
+@patch
+def generate(self: ModelAnalyzer, prompt: str, max_new_tokens: int = 50, return_activations: bool = False, **kw):
     """Greedy (or `do_sample=True`) continuation of `prompt`; with `return_activations=True` also the
     `ActivationRecord` of the whole generated sequence (one forward over it, the same values the causal
     model computed token by token)."""
@@ -462,14 +466,13 @@ def _generate(self: ModelAnalyzer, prompt: str, max_new_tokens: int = 50, return
     if not return_activations: return text
     return text, self._extract(ids, torch.ones_like(ids), [text])[0]
 
-ModelAnalyzer.score, ModelAnalyzer.trace, ModelAnalyzer.generate = _score, _trace, _generate
-
 # %% ../nbs/60_analyzer.ipynb #3b672654
 def _module_alias(m: HookedModel, name: str) -> str | None:
     "The HF module path whose plain output is hook `name`, if there is one."
     s = m.sites[name]
     return s.module if s.kind == "out" and s.view is None and not s.flat else None
 
+@patch
 def _extract(self: ModelAnalyzer, ids, mask, prompts, include_attention=False, return_logits=False,
              layers=None, sites=("hook_resid_post",)) -> list[ActivationRecord]:
     m = self.hooked
@@ -505,7 +508,9 @@ def _extract(self: ModelAnalyzer, ids, mask, prompts, include_attention=False, r
                                     aliases, att_alias, meta))
     return out
 
-def _extract_activations(self: ModelAnalyzer, prompt, include_attention: bool = False, return_logits: bool = False,
+# %% ../nbs/60_analyzer.ipynb #786f2296
+@patch
+def extract_activations(self: ModelAnalyzer, prompt, include_attention: bool = False, return_logits: bool = False,
                          layers=None, sites=("hook_resid_post",)) -> ActivationRecord:
     """Activations of one prompt (a string or token ids): block outputs by default, keyed by module path and
     canonical name; `sites` takes other canonical hook names (per-block suffixes like `'hook_mlp_out'`)."""
@@ -515,7 +520,8 @@ def _extract_activations(self: ModelAnalyzer, prompt, include_attention: bool = 
     text = prompt if isinstance(prompt, str) else self.hooked.to_string(ids[0]) if self.tokenizer is not None else None
     return self._extract(ids, mask, [text], include_attention, return_logits, layers, sites)[0]
 
-def _extract_batch_activations(self: ModelAnalyzer, prompts, include_attention: bool = False, return_logits: bool = False,
+@patch
+def extract_batch_activations(self: ModelAnalyzer, prompts, include_attention: bool = False, return_logits: bool = False,
                                layers=None, sites=("hook_resid_post",), batch_size: int = 8) -> list[ActivationRecord]:
     "One `ActivationRecord` per prompt, computed `batch_size` prompts per forward."
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -529,14 +535,8 @@ def _extract_batch_activations(self: ModelAnalyzer, prompts, include_attention: 
         out += self._extract(ids, mask, chunk, include_attention, return_logits, layers, sites)
     return out
 
-ModelAnalyzer._extract, ModelAnalyzer.extract_activations, ModelAnalyzer.extract_batch_activations = \
-    _extract, _extract_activations, _extract_batch_activations
-ModelAnalyzer.save_activations = staticmethod(save_activations)
-ModelAnalyzer.load_activations = staticmethod(load_activations)
-ModelAnalyzer.compare_activations = staticmethod(compare_activations)
-ModelAnalyzer.get_activation_statistics = staticmethod(get_activation_statistics)
-
 # %% ../nbs/60_analyzer.ipynb #9cfdfb00
+@patch
 def _layer_index(self: ModelAnalyzer, layer) -> int:
     "A block index from 6, -1, '6', 'model.layers.6', 'transformer.h.6', 'blocks.6' or 'blocks.6.hook_resid_post'."
     n = self.hooked.cfg.n_layers
@@ -553,11 +553,13 @@ def _layer_index(self: ModelAnalyzer, layer) -> int:
     if not -n <= l < n: raise ValueError(f"layer {layer!r} is out of range; this model has layers 0..{n - 1}")
     return l % n
 
+# %% ../nbs/60_analyzer.ipynb #cb07442b
 class LayerPredictions(dict):
     "`{layer: [(token, prob), ...]}` at one position; `.result` is the full `deeplens.lens.LensResult`."
     result = None
 
-def _logit_lens(self: ModelAnalyzer, text, top_k: int = 5, layers=None, position: int = -1) -> LayerPredictions:
+@patch
+def logit_lens(self: ModelAnalyzer, text, top_k: int = 5, layers=None, position: int = -1) -> LayerPredictions:
     "Top-`top_k` next-token predictions at `position` for every layer (`deeplens.lens.logit_lens`)."
     from deeplens.lens import logit_lens
     if not isinstance(text, (str, torch.Tensor)): raise TypeError(f"text must be a string or token ids, got {type(text).__name__}")
@@ -568,12 +570,15 @@ def _logit_lens(self: ModelAnalyzer, text, top_k: int = 5, layers=None, position
     out.result = res
     return out
 
-def _print_logit_lens(self: ModelAnalyzer, text, layer_step: int = 1, top_k: int = 5, positions=None) -> None:
+@patch
+def print_logit_lens(self: ModelAnalyzer, text, layer_step: int = 1, top_k: int = 5, positions=None) -> None:
     "Print each position's top-k predictions every `layer_step` layers (`LensResult.print`)."
     from deeplens.lens import logit_lens
     logit_lens(self.hooked, text, top_k=top_k).print(layer_step=layer_step, top_k=top_k, positions=positions)
 
-def _generate_with_steering(self: ModelAnalyzer, prompt, positive_examples, negative_examples, coefficient: float = 2.0,
+# %% ../nbs/60_analyzer.ipynb #e9a6396e
+@patch
+def generate_with_steering(self: ModelAnalyzer, prompt, positive_examples, negative_examples, coefficient: float = 2.0,
                             layer=None, max_new_tokens: int = 30, read_positions: str = "last", **kw) -> str:
     "Generate with a contrastive steering vector (mean positive − mean negative residual at `layer`) added."
     if not self.load_for_generation:
@@ -583,18 +588,22 @@ def _generate_with_steering(self: ModelAnalyzer, prompt, positive_examples, nega
     vec = SteeringVector.from_contrast(self.hooked, positive_examples, negative_examples, layer=l, read_positions=read_positions)
     return generate_with_steering(self.hooked, prompt, vec, coefficient=coefficient, max_new_tokens=max_new_tokens, **kw)
 
+# %% ../nbs/60_analyzer.ipynb #7a537f0d
+@patch
 def _top_next(self: ModelAnalyzer, clean, corrupted) -> tuple[int, int]:
     "The top next-token id after each of the two prompts."
     with torch.no_grad():
         return tuple(int(self.hooked(x)[0, -1].argmax()) for x in (clean, corrupted))
 
+@patch
 def _default_metric(self: ModelAnalyzer, clean, corrupted):
     "Normalised logit difference between the two runs' top next tokens (KL to clean when they agree)."
     from deeplens.patching import logit_diff, kl, normalized_effect
-    a, b = _top_next(self, clean, corrupted)
+    a, b = self._top_next(clean, corrupted)
     return normalized_effect(logit_diff(a, b) if a != b else kl())
 
-def _path_patching(self: ModelAnalyzer, clean_prompt, corrupted_prompt, metric=None, position: int = -1,
+@patch
+def path_patching(self: ModelAnalyzer, clean_prompt, corrupted_prompt, metric=None, position: int = -1,
                    site: str = "resid_post", batch_size: int = 32) -> dict[int, float]:
     "`{layer: effect}` of patching each block's clean output at `position` into the corrupted run."
     from deeplens.patching import activation_patching
@@ -603,14 +612,15 @@ def _path_patching(self: ModelAnalyzer, clean_prompt, corrupted_prompt, metric=N
                               batch_size=batch_size, progress=False)
     return {l: float(v) for l, v in zip(res.coords["layer"], res.values[:, 0].tolist())}
 
-def _activation_patch_experiment(self: ModelAnalyzer, clean_prompt, corrupted_prompt, layer_name, position: int = -1,
+@patch
+def activation_patch_experiment(self: ModelAnalyzer, clean_prompt, corrupted_prompt, layer_name, position: int = -1,
                                  metric=None, site: str = "resid_post") -> dict:
     """Patch one layer's clean activation at `position` into the corrupted run: the metric on the clean,
     corrupted and patched runs, and the normalised effect (patched − corrupted) / (clean − corrupted)."""
     from deeplens.patching import activation_patching, logit_diff, kl
     l = self._layer_index(layer_name)
     if metric is None:
-        a, b = _top_next(self, clean_prompt, corrupted_prompt)
+        a, b = self._top_next(clean_prompt, corrupted_prompt)
         metric = logit_diff(a, b) if a != b else kl(reference="corrupted")
     res = activation_patching(self.hooked, clean_prompt, corrupted_prompt, metric, sites=(site,), layers=[l],
                               positions=[position], progress=False)
@@ -619,14 +629,11 @@ def _activation_patch_experiment(self: ModelAnalyzer, clean_prompt, corrupted_pr
     return {"layer": l, "position": res.coords["pos"][0], "site": site, "metric": res.metric, "clean": c,
             "corrupted": r, "patched": patched, "effect": effect}
 
-ModelAnalyzer._layer_index, ModelAnalyzer.logit_lens, ModelAnalyzer.print_logit_lens = _layer_index, _logit_lens, _print_logit_lens
-ModelAnalyzer.generate_with_steering, ModelAnalyzer._default_metric = _generate_with_steering, _default_metric
-ModelAnalyzer.path_patching, ModelAnalyzer.activation_patch_experiment = _path_patching, _activation_patch_experiment
-
 # %% ../nbs/60_analyzer.ipynb #ebe602d8
 _ATTRIBUTION_METHODS = ("neurons", "integrated_gradients", "dla")
 
-def _compute_feature_attribution(self: ModelAnalyzer, prompt, target_token=None, layer=None, method: str = "neurons",
+@patch
+def compute_feature_attribution(self: ModelAnalyzer, prompt, target_token=None, layer=None, method: str = "neurons",
                                  contrast=None, **kw):
     """Attribute the logit of `target_token` (str or id; None: the top prediction) at the last position:
     `method='neurons'` → `NeuronAttribution` (at `layer`, or all layers), `'integrated_gradients'` → `IGResult`,
@@ -644,5 +651,3 @@ def _compute_feature_attribution(self: ModelAnalyzer, prompt, target_token=None,
         return A.integrated_gradients(self.hooked, prompt, target_token, **kw)
     kw.setdefault("by", "component")
     return A.direct_logit_attribution(self.hooked, prompt, target_token, contrast=contrast, **kw)
-
-ModelAnalyzer.compute_feature_attribution = _compute_feature_attribution

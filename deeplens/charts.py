@@ -4,11 +4,12 @@
 
 # %% ../nbs/51_charts.ipynb #19d45801
 from __future__ import annotations
-import html, json, math, os
+import html, json, math
 from pathlib import Path
 import torch
 from .analysis import get_top_k_tokens
-from .style import visible_whitespace, DIVERGING
+from .files import atomic_write
+from .style import visible_whitespace, rgb, DIVERGING, POSITIVE
 from . import registry
 
 # %% auto #0
@@ -147,16 +148,6 @@ def enable_offline():
 # %% ../nbs/51_charts.ipynb #dc95e7ce
 _FORMATS = ("svg", "png", "html", "json")
 
-def _atomic_write(path: Path, data: str | bytes):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if isinstance(data, bytes): tmp.write_bytes(data)
-        else: tmp.write_text(data, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-
 def _html_page(svg: str, title: str) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
             f"<body style='margin:1em'>{svg}</body></html>")
@@ -176,8 +167,7 @@ def save_chart(chart, path, format: str | None = None, *, interactive: bool = Fa
     else:
         t = spec.get("title")
         data = _html_page(to_svg(spec), (t.get("text") if isinstance(t, dict) else t) or p.stem)
-    _atomic_write(p, data)
-    return p
+    return atomic_write(p, data)
 
 # %% ../nbs/51_charts.ipynb #8f2f95c7
 def save_as(chart, save_name) -> Path:
@@ -443,10 +433,12 @@ def lens_heatmap(result, batch: int = 0, value: str = "top1_prob", text: bool = 
     if not _is(result, "LensResult"): raise TypeError(f"expected a LensResult, got {type(result).__name__}")
     rows = lens_records(result, batch, value)
     xs = list(dict.fromkeys(r["x"] for r in rows))
-    scheme = dict(scheme="blues") if value in ("top1_prob", "final_prob") else dict(scheme="orangered")
+    r, g, b = rgb(POSITIVE)                         # a ramp from transparent to POSITIVE: value_colour(v, 0, hi), as the live grid
+    domain = dict(domain=[0, 1]) if value in ("top1_prob", "final_prob") else dict(domainMin=0)
+    scale = alt.Scale(range=[f"rgba({r},{g},{b},0)", POSITIVE], interpolate="rgb", **domain)
     base = alt.Chart(alt.Data(values=rows)).encode(
         x=alt.X("x:O", sort=xs, title="input token"), y=alt.Y("layer:O", sort="descending", title="layer"))
-    rect = base.mark_rect().encode(color=alt.Color("value:Q", title=value, scale=alt.Scale(**scheme)),
+    rect = base.mark_rect().encode(color=alt.Color("value:Q", title=value, scale=scale),
                                    tooltip=["layer:O", "position:O", "input:N", "top1:N",
                                             alt.Tooltip("top1_prob:Q", format=".3f"), alt.Tooltip("value:Q", title=value, format=".4g")])
     layers = [rect]

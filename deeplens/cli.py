@@ -126,6 +126,7 @@ def info(model: str | None = None, *, device: str = "auto", dtype: str | None = 
     return dict(model=model or DEFAULT_MODEL, path=str(where), device=str(m.device), import_s=import_s, load_s=load_s,
                 cfg=m.cfg.to_dict(), n_hook_sites=len(names), hook_kinds=kinds, completion=completion, generate_s=gen_s)
 
+# %% ../nbs/70_cli.ipynb #ff9104d4
 def _configure_info(p: argparse.ArgumentParser):
     p.add_argument("model", nargs="?", default=None, metavar="MODEL",
                    help="a local HF model directory, a .gguf file or a hub id (default: the embedded SmolLM2-135M-Instruct)")

@@ -5,10 +5,11 @@ write an HTML report — offline, on the embedded default model."""
 
 # %% ../nbs/65_demo.ipynb #8f60b83e
 from __future__ import annotations
-import html, json, math, os, re, time
+import html, json, math, re, time
 from pathlib import Path
 import torch
 
+from .files import atomic_write
 from .model import HookedModel, load_model
 from .corpus import corpus
 from .store import ActivationStore
@@ -42,6 +43,7 @@ def _fmt(v) -> str:
     if isinstance(v, float): return f"{v:.4g}"
     return "" if v is None else str(v)
 
+# %% ../nbs/65_demo.ipynb #0d064db3
 def _tokens(words) -> str:
     "Tokens as one escaped line, whitespace visible, separated by thin bars."
     return " | ".join(html.escape(visible_whitespace(w)) for w in words)
@@ -54,6 +56,7 @@ def example_html(ids, pos: int, tokenizer, window: int = 10) -> Markup:
     return Markup(f"{around(dec(ids[max(0, pos - window):pos]))}<mark>{html.escape(visible_whitespace(dec([ids[pos]])))}</mark>"
                   f"{around(dec(ids[pos + 1:pos + 1 + window]))}")
 
+# %% ../nbs/65_demo.ipynb #13d6dfd7
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}
 th{background:#f3f3f3}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}.fig{margin:1em 0}code{background:#f6f6f6}
@@ -64,10 +67,7 @@ def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> Pat
     body = "".join(f"<h2>{html.escape(h)}</h2>\n{b}\n" for h, b in sections)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n{body}</body></html>")
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8"); tmp.replace(path)
-    return path
+    return atomic_write(path, page)
 
 # %% ../nbs/65_demo.ipynb #c1e84442
 def steering_chart(rows: list[dict], title: str = ""):
@@ -95,6 +95,7 @@ def rank_features(stats, coherence=None, *, k: int = 10, min_docs: int = 3) -> l
     co = co.assign(full=(co["examples"] >= k) & (co["docs"] >= min_docs), density=d[live].numpy())
     return co.sort_values(["full", "coherence", "docs", "density"], ascending=False, kind="stable").index.tolist()
 
+# %% ../nbs/65_demo.ipynb #bf87ab5f
 def pick_features(stats, n: int, coherence=None, **kw) -> list[int]:
     """The first `n` features of `rank_features(stats, coherence, **kw)`; with `coherence`, one per pattern (runs of
     a repeated character count as one character)."""
@@ -117,6 +118,7 @@ def lift(before: float, after: float, floor: float = 0.01) -> float:
     "How many times more probable: `(after + floor) / (before + floor)` (probabilities under `floor` count as it)."
     return (after + floor) / (before + floor)
 
+# %% ../nbs/65_demo.ipynb #567c09e9
 def screen_steering(model, sae, features: list[int], promoted: dict, alphas: dict, ids: torch.Tensor, n_prompt: int,
                     plain: torch.Tensor | None = None) -> list[dict]:
     """For each feature: the summed probability of its `promoted` tokens per generated position of `ids`, plain and
@@ -209,55 +211,7 @@ def demo_layer(layer, n_layers: int) -> int:
                          f"(0..{n_layers - 1}, or -{n_layers}..-1 counting from the end)")
     return layer % n_layers
 
-def run_demo(model=None, layer: int | None = None, n_tokens: int = 50_000, out_dir="deeplens-demo", *,
-             expansion: int = 8, k: int = 32, epochs: int = 4, batch_size: int = 1024, lr: float = 1e-3,
-             eval_tokens: int = 4096, n_features: int = 4, n_candidates: int = 32, steer_scale: float = 3.0,
-             prompt: str = "The best way to learn Python is", max_new_tokens: int = 24, seed: int = 0,
-             progress: bool = True) -> dict:
-    "Extract → train → evaluate → features → steer → HTML report in `out_dir`. Returns the reported numbers."
-    _check_run_args(locals())
-    t0, out = time.time(), Path(out_dir)
-    torch.manual_seed(seed)
-    m = model if isinstance(model, HookedModel) else load_model(model)
-    layer = demo_layer(layer, m.cfg.n_layers)
-    hook = f"blocks.{layer}.hook_resid_post"
-    name = Path(getattr(m.hf.config, "_name_or_path", "") or m.cfg.architecture).name
-    _say(f"model {name}: {m.cfg.n_layers} layers, d_model {m.cfg.d_model}; hook {hook}")
-
-    _say(f"1/5 extracting {n_tokens:,} tokens of builtin:python-docs")
-    store = ActivationStore.build(m, "builtin:python-docs", [hook], n_tokens, out / "store", overwrite=True,
-                                  progress=progress)
-    train, held = store.split(0.9)
-
-    _say(f"2/5 training a TopK SAE ({expansion}x, k={k}) on {len(train):,} tokens x {epochs} epochs")
-    d = m.cfg.d_model
-    sae = SparseAutoencoder(d, expansion * d, k=k, hook_name=hook, model_name=name)
-    trainer = SAETrainer(sae, model_name="demo-sae", store=train, hook=hook, total_tokens=epochs * len(train),
-                         batch_size=batch_size, eval_store=held, eval_steps=10**9, lr=lr, lrs_type="cosine",
-                         warmup_fraction=0.05, random_seed=seed, device="cpu" if not next(m.hf.parameters()).is_cuda else "auto",
-                         out_dir=out / "sae-run", save_checkpoints=False, log_steps=10, progress=progress)
-    trainer.train()
-    sae.save(out / "sae")
-    held_ev = next(r for r in reversed(trainer.history) if "eval_fvu" in r)
-
-    _say(f"3/5 evaluating with the SAE spliced in ({eval_tokens:,} tokens)")
-    texts = list(corpus("builtin:python-docs"))[-400:]        # the corpus's tail: far past the extracted prefix
-    ev = evaluate_sae(sae, m, hook, texts, eval_tokens, progress=progress)
-
-    _say("4/5 feature statistics; ranking features by how coherent their max-activating examples are")
-    found, stats = choose_and_steer(m, sae, store, hook, n_features=n_features, n_candidates=n_candidates,
-                                    steer_scale=steer_scale, prompt=prompt, max_new_tokens=max_new_tokens, progress=progress)
-    result = {"model": name, "hook": hook, "n_tokens": len(store), "train_tokens": trainer.step * batch_size,
-              "held_out_fvu": held_ev["eval_fvu"], "l0": ev["l0"], "fvu": ev["fvu"], "ce_loss_score": ev["ce_loss_score"],
-              "kl_div_score": ev["kl_div_score"], "dead_fraction": float((stats.density == 0).float().mean()), **found}
-    result["seconds"] = time.time() - t0
-    _write(out, trainer.history, stats, result)
-    _say(f"done in {result['seconds']:.0f} s: held-out FVU {result['held_out_fvu']:.3f}, L0 {result['l0']:.1f}, "
-         f"CE loss recovered {result['ce_loss_score']:.3f}; steering with feature {result['steer_feature']} raised its promoted tokens from "
-         f"{result['promoted_probability_plain']:.2%} to {result['promoted_probability_steered']:.2%} per position; "
-         f"report: {out / 'report.html'}")
-    return result
-
+# %% ../nbs/65_demo.ipynb #4ff47f96
 def _feature_record(f: int, stats, coherence, store, promotes: list[str], n_examples: int = 5) -> dict:
     "What the report shows of feature `f`: its numbers, pattern, commonest token, promoted tokens, top examples (HTML)."
     from collections import Counter
@@ -319,5 +273,54 @@ def _write(out: Path, history: list[dict], stats, r: dict):
                              + "".join(_feature_html(f) for f in r["features"])),
                 ("Steering", steer)]
     write_report(out / "report.html", f"deeplens demo: {r['model']} {r['hook']}", sections)
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, default=str)); tmp.replace(out / "summary.json")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=str))
+
+# %% ../nbs/65_demo.ipynb #d4d224f9
+def run_demo(model=None, layer: int | None = None, n_tokens: int = 50_000, out_dir="deeplens-demo", *,
+             expansion: int = 8, k: int = 32, epochs: int = 4, batch_size: int = 1024, lr: float = 1e-3,
+             eval_tokens: int = 4096, n_features: int = 4, n_candidates: int = 32, steer_scale: float = 3.0,
+             prompt: str = "The best way to learn Python is", max_new_tokens: int = 24, seed: int = 0,
+             progress: bool = True) -> dict:
+    "Extract → train → evaluate → features → steer → HTML report in `out_dir`. Returns the reported numbers."
+    _check_run_args(locals())
+    t0, out = time.time(), Path(out_dir)
+    torch.manual_seed(seed)
+    m = model if isinstance(model, HookedModel) else load_model(model)
+    layer = demo_layer(layer, m.cfg.n_layers)
+    hook = f"blocks.{layer}.hook_resid_post"
+    name = Path(getattr(m.hf.config, "_name_or_path", "") or m.cfg.architecture).name
+    _say(f"model {name}: {m.cfg.n_layers} layers, d_model {m.cfg.d_model}; hook {hook}")
+
+    _say(f"1/5 extracting {n_tokens:,} tokens of builtin:python-docs")
+    store = ActivationStore.build(m, "builtin:python-docs", [hook], n_tokens, out / "store", overwrite=True,
+                                  progress=progress)
+    train, held = store.split(0.9)
+
+    _say(f"2/5 training a TopK SAE ({expansion}x, k={k}) on {len(train):,} tokens x {epochs} epochs")
+    d = m.cfg.d_model
+    sae = SparseAutoencoder(d, expansion * d, k=k, hook_name=hook, model_name=name)
+    trainer = SAETrainer(sae, model_name="demo-sae", store=train, hook=hook, total_tokens=epochs * len(train),
+                         batch_size=batch_size, eval_store=held, eval_steps=10**9, lr=lr, lrs_type="cosine",
+                         warmup_fraction=0.05, random_seed=seed, device="cpu" if not next(m.hf.parameters()).is_cuda else "auto",
+                         out_dir=out / "sae-run", save_checkpoints=False, log_steps=10, progress=progress)
+    trainer.train()
+    sae.save(out / "sae")
+    held_ev = next(r for r in reversed(trainer.history) if "eval_fvu" in r)
+
+    _say(f"3/5 evaluating with the SAE spliced in ({eval_tokens:,} tokens)")
+    texts = list(corpus("builtin:python-docs"))[-400:]        # the corpus's tail: far past the extracted prefix
+    ev = evaluate_sae(sae, m, hook, texts, eval_tokens, progress=progress)
+
+    _say("4/5 feature statistics; ranking features by how coherent their max-activating examples are")
+    found, stats = choose_and_steer(m, sae, store, hook, n_features=n_features, n_candidates=n_candidates,
+                                    steer_scale=steer_scale, prompt=prompt, max_new_tokens=max_new_tokens, progress=progress)
+    result = {"model": name, "hook": hook, "n_tokens": len(store), "train_tokens": trainer.step * batch_size,
+              "held_out_fvu": held_ev["eval_fvu"], "l0": ev["l0"], "fvu": ev["fvu"], "ce_loss_score": ev["ce_loss_score"],
+              "kl_div_score": ev["kl_div_score"], "dead_fraction": float((stats.density == 0).float().mean()), **found}
+    result["seconds"] = time.time() - t0
+    _write(out, trainer.history, stats, result)
+    _say(f"done in {result['seconds']:.0f} s: held-out FVU {result['held_out_fvu']:.3f}, L0 {result['l0']:.1f}, "
+         f"CE loss recovered {result['ce_loss_score']:.3f}; steering with feature {result['steer_feature']} raised its promoted tokens from "
+         f"{result['promoted_probability_plain']:.2%} to {result['promoted_probability_steered']:.2%} per position; "
+         f"report: {out / 'report.html'}")
+    return result

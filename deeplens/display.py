@@ -30,7 +30,7 @@ from .features import FeatureStats, FeatureSummary
 __all__ = ['WIDGET_VIEW', 'in_kernel', 'widgets_enabled', 'use_widgets', 'widget', 'mimebundle', 'install', 'kv_table',
            'heatmap_html', 'cache_html', 'Extraction', 'extract', 'extraction_html', 'extraction_widget', 'store_html',
            'dataset_html', 'sae_html', 'explore', 'intervene_html', 'panel', 'monitor', 'trainer_widget', 'live',
-           'lens_widget', 'chart_method', 'altair_chart', 'own_chart']
+           'lens_widget', 'own_chart']
 
 # %% ../nbs/53_display.ipynb #cb2126f7
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -343,23 +343,23 @@ def lens_widget(result: LensResult):
     from deeplens.widgets import LogitLensView
     return LogitLensView(result)
 
-def chart_method(self, *args, **kw) -> Chart:
-    "This object's chart: the `deeplens.charts` builder registered for its class, called with `args` and `kw`."
-    return chart_builder(type(self))(self, *args, **kw)
+def _chart_method(obj, *args, **kw) -> Chart:
+    "`obj.chart(...)`: the `deeplens.charts` builder registered for its class, called with `args` and `kw`."
+    return chart_builder(type(obj))(obj, *args, **kw)
 
 register(LensResult, chart="lens_heatmap", widget=lens_widget,
-         methods={"chart": chart_method, "convergence_chart": convergence_chart, "preservation_chart": preservation_chart})
+         methods={"chart": _chart_method, "convergence_chart": convergence_chart, "preservation_chart": preservation_chart})
 
 # %% ../nbs/53_display.ipynb #84f26bcb
-def altair_chart(self, **kw):
-    "This object's chart as a bare altair chart (the `.altair` of its registered builder's `Chart`)."
-    return chart_builder(type(self))(self, **kw).altair
+def _altair_chart(obj, **kw):
+    "`obj.chart(...)` as a bare altair chart (the `.altair` of its registered builder's `Chart`)."
+    return chart_builder(type(obj))(obj, **kw).altair
 
 for _c, _b in ((PatchingResult, "patching_heatmap"), (PatchingResults, "patching_heatmap"), (CHGResult, "gate_heatmaps"),
                (SteeringEvaluation, "steering_sweep")):
-    register(_c, chart=_b, methods={"chart": chart_method})
+    register(_c, chart=_b, methods={"chart": _chart_method})
 for _c, _b in ((PathPatchingResult, "path_patching_bars"), (DLAResult, "dla_chart"), (IGResult, "ig_bars")):
-    register(_c, chart=_b, methods={"chart": altair_chart})
+    register(_c, chart=_b, methods={"chart": _altair_chart})
 register(FeatureStats, chart="density_histogram")
 register(FeatureSummary, chart="feature_histogram", install=False)
 

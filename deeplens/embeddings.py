@@ -42,6 +42,7 @@ def pca(embeddings, n_components: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     var = S ** 2
     return xc @ comps.T, var[:k] / var.sum().clamp(min=torch.finfo(var.dtype).tiny)
 
+# %% ../nbs/61_embeddings.ipynb #070ae719
 def reduce_dimensions(embeddings, method: str = "pca", n_components: int = 2, random_state: int = 0, **kw) -> np.ndarray:
     "Reduce `[n, dim]` embeddings to `[n, n_components]` with `pca`, `tsne` (scikit-learn) or `umap` (umap-learn)."
     if method not in METHODS: raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -106,12 +107,14 @@ def _scatter(rows, xcol, ycol, xt, yt, title, color, width=320, height=280, text
     props = dict(width=width, height=height, **({"title": title} if title else {}))
     return alt.layer(*layers).properties(**props)
 
+# %% ../nbs/61_embeddings.ipynb #7563311b
 def plot_embeddings_2d(embeddings, labels=None, method: str = "pca", title: str | None = None, color=None, **kw) -> Chart:
     "Scatter of `[n, dim]` embeddings reduced to 2-D with `method`."
     coords, ratio = _reduce(embeddings, method, 2, **kw)
     xt, yt = _axis_titles(method, ratio, 2)
     return Chart(_scatter(_rows(coords, labels, color), "c0", "c1", xt, yt, title or f"Embeddings ({method.upper()})", color))
 
+# %% ../nbs/61_embeddings.ipynb #e94ac41d
 def plot_embeddings_3d(embeddings, labels=None, method: str = "pca", title: str | None = None, color=None, **kw) -> Chart:
     """Embeddings reduced to 3-D, drawn as the three pairwise projections side by side (altair has no 3-D
     marks); clicking points in the first panel highlights them in all three."""
@@ -123,6 +126,7 @@ def plot_embeddings_3d(embeddings, labels=None, method: str = "pca", title: str 
               for a, b in ((0, 1), (0, 2), (1, 2))]
     return Chart(alt.hconcat(*panels).properties(title=title or f"Embeddings in 3-D ({method.upper()}), pairwise views"))
 
+# %% ../nbs/61_embeddings.ipynb #952c8184
 def compare_reduction_methods(embeddings, labels=None, methods=None, color=None, **kw) -> Chart:
     """The same embeddings under several reducers, side by side. `methods=None` means PCA and t-SNE, plus
     UMAP when umap-learn is installed; a method named explicitly must be available."""

@@ -13,12 +13,12 @@ import torch
 import anywidget
 import traitlets as t
 from transformers import StoppingCriteria, StoppingCriteriaList
+from .sites import check_index, check_layers
 from .style import visible_whitespace, rgb, POSITIVE, NEUTRAL, NEGATIVE
-_all_ = ["visible_whitespace"]
 
 # %% auto #0
 __all__ = ['MAX_NEW_TOKENS', 'f32_bytes', 'f32_array', 'TokenHeatmap', 'LogitLensView', 'AttentionView', 'TrainingMonitor',
-           'FeatureExplorer', 'SteeringPanel', 'visible_whitespace']
+           'FeatureExplorer', 'SteeringPanel']
 
 # %% ../nbs/52_widgets.ipynb #46c33a39
 _JS = files("deeplens") / "js"
@@ -251,15 +251,6 @@ class LogitLensView(_View):
         return f"LogitLensView({L} layers × {P} positions, input {self.batch} of {self.batch_size})\n" + self.result.grid(self.batch)
 
 # %% ../nbs/52_widgets.ipynb #37a6d5a4
-def _layer_list(layers, n: int) -> list[int]:
-    "Sorted distinct layer indices (negative ones count from the end); out of range is an error, not a wrap-around."
-    ls = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
-    for l in ls:
-        if isinstance(l, bool) or not isinstance(l, (int, np.integer)) or not -n <= l < n:
-            raise ValueError(f"layer {l!r} is out of range: the model has {n} layers (0..{n - 1}, or negative from the end)")
-    if not ls: raise ValueError("layers is empty: give at least one layer")
-    return sorted({int(l) % n for l in ls})
-
 def _query_range(positions, T: int) -> range:
     "The query positions a `positions` slice keeps (all of them for None); contiguous and non-empty."
     if positions is None: return range(T)
@@ -336,7 +327,7 @@ class AttentionView(_View):
         ls = sorted(pats)
         layer = ls[0] if layer is None else layer
         if layer not in pats: raise ValueError(f"layer {layer} has no pattern; layers: {ls}")
-        if not 0 <= head < H: raise ValueError(f"head {head} is out of range: there are {H} heads")
+        head = check_index(head, H, "head", f"the patterns have {H} heads")
         super().__init__(title=title, tokens=tokens, query_start=q0, layers=ls, n_heads=H, head=head, layer=layer,
                          score_names=names, scores=f32_bytes(sc), scores_shape=list(sc.shape),
                          pattern=f32_bytes(pats[layer]), shape=[H, Q, K], **kw)
@@ -351,8 +342,9 @@ class AttentionView(_View):
     @t.validate("head")
     def _check_head(self, proposal):
         h = proposal["value"]
-        if self.n_heads and not 0 <= h < self.n_heads: raise t.TraitError(f"head {h} is out of range: there are {self.n_heads} heads")
-        return h
+        if not self.n_heads: return h
+        try: return check_index(h, self.n_heads, "head", f"the patterns have {self.n_heads} heads")
+        except ValueError as e: raise t.TraitError(str(e)) from None
 
     @t.observe("layer")
     def _layer_changed(self, change):
@@ -372,7 +364,8 @@ class AttentionView(_View):
         ids = model.to_tokens(inputs) if isinstance(inputs, str) else torch.as_tensor(inputs)
         if ids.ndim == 1: ids = ids[None]
         if ids.ndim != 2 or ids.shape[0] != 1: raise ValueError(f"AttentionView shows one input: give one text or [1, pos] ids, got shape {tuple(ids.shape)}")
-        ls = _layer_list(layers, model.cfg.n_layers)
+        ls = check_layers(model, layers, unique=True)
+        if not ls: raise ValueError("layers is empty: give at least one layer")
         qs = _query_range(positions, ids.shape[1])
         q0, q1 = qs.start, qs.stop
         _check_attention_size(cls, len(ls), model.cfg.n_heads, q1 - q0, q1, warn=False)   # before the forward

@@ -140,6 +140,21 @@ def test_lens_heatmap_data_and_marks(lens):
     assert [x["value"] for x in kr] == pytest.approx(lens.kl[:, 0].flatten().tolist(), abs=1e-6)
     with pytest.raises(ValueError, match="value must be one of"): C.lens_heatmap(lens, value="nope")
 
+def _rgba(c: str) -> list[float]:
+    "A CSS colour rgb()/rgba() as [r, g, b, alpha]."
+    v = [float(x) for x in re.findall(r"[\d.]+", c)]
+    return v + [1.0] * (4 - len(v))
+
+def test_lens_heatmap_uses_the_palette(lens):
+    "The chart shades each cell as the live LogitLensView does: deeplens.style.value_colour(p, 0, 1), transparent to POSITIVE."
+    from deeplens.style import value_colour, POSITIVE, rgb
+    rows = C.lens_records(lens)
+    fills = re.findall(r'aria-roledescription="rect mark"[^>]*fill="([^"]+)"', C.lens_heatmap(lens, text=False).to_svg())
+    assert len(fills) == len(rows) > 0
+    for f, r in zip(fills, rows):
+        assert _rgba(f) == pytest.approx(_rgba(value_colour(r["value"], 0, 1)), abs=2e-3)
+    assert {tuple(_rgba(f)[:3]) for f in fills} == {tuple(map(float, rgb(POSITIVE)))}     # one hue: the palette's positive end
+
 def test_gate_heatmaps(chg):
     c = C.gate_heatmaps(chg)
     spec = c.to_dict()

@@ -208,6 +208,17 @@ def test_attention_view_direct_and_errors():
     with pytest.raises(ValueError, match="query_start \\+ q ≤ k"): AttentionView(pat, list("abcd"), query_start=1)
     assert "may set only ['layer', 'head']" in refused(w, tokens=["x"] * 4)
 
+def test_attention_view_heads_as_everywhere():
+    "Heads follow deeplens.sites: negative counts from the end; out of range is a ValueError (a TraitError once built)."
+    pat = torch.softmax(torch.randn(1, 3, 4, 4), -1)
+    assert AttentionView(pat, list("abcd"), head=-1).head == 2
+    with pytest.raises(ValueError, match="head 3 is out of range: the patterns have 3 heads"): AttentionView(pat, list("abcd"), head=3)
+    with pytest.raises(TypeError, match="head"): AttentionView(pat, list("abcd"), head=1.5)
+    w = AttentionView(pat, list("abcd"))
+    w.head = -2
+    assert w.head == 1
+    with pytest.raises(traitlets.TraitError, match="out of range"): w.head = 3
+
 def test_attention_view_size_limits(llama, monkeypatch):
     H, n = llama.cfg.n_heads, llama.cfg.n_layers
     long = torch.randint(0, 97, (1, 3000))
@@ -224,7 +235,7 @@ def test_attention_view_size_limits(llama, monkeypatch):
     np.testing.assert_array_equal(last.pattern_array(), full.pattern_array()[:, 32:, :])
     mid = AttentionView.from_model(llama, ids, layers=[0], positions=slice(10, 20))
     assert mid.shape == [H, 10, 20] and mid.tokens == [f"<{i}>" for i in ids[0, :20].tolist()]
-    with pytest.raises(ValueError, match="out of range: the model has 2 layers"): AttentionView.from_model(llama, ids, layers=[2])
+    with pytest.raises(ValueError, match="out of range: this model has 2 layers"): AttentionView.from_model(llama, ids, layers=[2])
     with pytest.raises(TypeError, match="slice"): AttentionView.from_model(llama, ids, positions=[1, 2])
     with pytest.raises(ValueError, match="non-empty run"): AttentionView.from_model(llama, ids, positions=slice(0, 10, 2))
     # memory warning past warn_bytes (a class attribute), naming the size and how to hold less
