@@ -189,11 +189,13 @@ def _original_attention(impl: str, module):
 _UPCAST: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()   # attention modules whose eager scores are fp32
 
 def _register(impl: str) -> str:
-    "Register `deeplens_<impl>` with transformers' attention and mask interfaces (once)."
+    """Register `deeplens_<impl>` with transformers' attention and mask interfaces. Registered again when the function
+    there reads another `_ATTN_HOOKS` (a second copy of this module in the process: a reloaded module, or a notebook
+    run in the same process as the package), so the hooks a switch sets are the ones its attention reads."""
     from transformers.modeling_utils import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, ALL_MASK_ATTENTION_FUNCTIONS
     name = f"deeplens_{impl}"
-    if name in AttentionInterface._global_mapping: return name
+    if getattr(AttentionInterface._global_mapping.get(name), "hooks", None) is _ATTN_HOOKS: return name
     if impl not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
         raise ValueError(f"attention internals need a mask function for attn_implementation={impl!r}; "
                          "load the model with attn_implementation='sdpa' or 'eager'.")
@@ -202,6 +204,7 @@ def _register(impl: str) -> str:
             return hooked_attention(module, query, key, value, attention_mask, sdpa=impl == "sdpa",
                                     upcast=module in _UPCAST, **kw)
         return _original_attention(impl, module)(module, query, key, value, attention_mask, **kw)
+    attention.hooks = _ATTN_HOOKS
     AttentionInterface.register(name, attention)
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[impl])
     return name

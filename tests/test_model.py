@@ -331,3 +331,23 @@ def test_load_model_quiet_hides_hf_progress_bars(tmp_path, monkeypatch):
     load_model(str(tmp_path / "m"), verbose=False)
     load_model(str(tmp_path / "m"))
     assert seen == [False, True] and hf_logging.is_progress_bar_enabled()   # hidden while quiet, restored after
+
+def test_attention_hooks_survive_a_second_copy_of_the_hooks_module(tiny):
+    "Another copy of deeplens.hooks (a reloaded module, a notebook run in the same process) registered the attention first."
+    m = tiny["llama"]
+    import importlib.util, deeplens.hooks as H
+    from transformers.modeling_utils import AttentionInterface
+    spec = importlib.util.spec_from_file_location("deeplens.hooks_copy", H.__file__)
+    copy = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    impl = m.hf.config._attn_implementation or "eager"
+    saved = AttentionInterface._global_mapping.get(f"deeplens_{impl}")
+    try:
+        spec.loader.exec_module(copy)
+        AttentionInterface._global_mapping.pop(f"deeplens_{impl}", None)
+        copy._register(impl)                                      # the copy's attention function now holds the name
+        _, cache = m.run_with_cache(tokens(1, 6), names_filter="blocks.0.attn.hook_pattern")
+        p = cache["blocks.0.attn.hook_pattern"]
+        assert p.shape[-2:] == (6, 6) and torch.allclose(p.sum(-1), torch.ones(()), atol=1e-5)
+    finally:
+        if saved is not None: AttentionInterface.register(f"deeplens_{impl}", saved)
+        del sys.modules[spec.name]
