@@ -590,6 +590,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'deeplens.files': { 'deeplens.files._mode': ('files.html#_mode', 'deeplens/files.py'),
                                 'deeplens.files.atomic_write': ('files.html#atomic_write', 'deeplens/files.py'),
                                 'deeplens.files.fsync_path': ('files.html#fsync_path', 'deeplens/files.py'),
+                                'deeplens.files.load_tensors': ('files.html#load_tensors', 'deeplens/files.py'),
+                                'deeplens.files.save_tensors': ('files.html#save_tensors', 'deeplens/files.py'),
                                 'deeplens.files.write_json': ('files.html#write_json', 'deeplens/files.py')},
             'deeplens.heads': { 'deeplens.heads.CHGResult': ('heads.html#chgresult', 'deeplens/heads.py'),
                                 'deeplens.heads.CHGResult.G_minus': ('heads.html#chgresult.g_minus', 'deeplens/heads.py'),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastcore.basics import patch
-from .files import atomic_write
+from .files import atomic_write, save_tensors, load_tensors
 from .model import HookedModel, load_model
 from .sites import SITE_ALIASES, UnknownSiteError, check_layers, resolve, resolve_one
 from .lens import unembed_fn
@@ -291,8 +291,7 @@ def save_activations(records, path, format: str | None = None) -> Path:
     meta["single"] = single
     meta["dtypes"] = {k: str(t.dtype).removeprefix("torch.") for k, t in tensors.items()}
     if fmt == "safetensors":
-        from safetensors.torch import save_file
-        return atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"deeplens": json.dumps(meta)}))
+        return save_tensors(path, tensors, meta)
     if fmt == "pt":
         return atomic_write(path, lambda p: torch.save({"deeplens": json.dumps(meta), "tensors": tensors}, p))
     if fmt == "npz":
@@ -318,11 +317,7 @@ def load_activations(path, format: str | None = None):
     if not path.exists(): raise FileNotFoundError(f"{path} does not exist")
     fmt = _format_of(path, format, saving=False)
     if fmt == "safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-        with safe_open(str(path), framework="pt") as f: raw = (f.metadata() or {}).get("deeplens")
-        if raw is None: raise ValueError(f"{path} is a safetensors file but not a deeplens ActivationRecord file")
-        meta, tensors = json.loads(raw), load_file(str(path))
+        tensors, meta = load_tensors(path, _RECORD_FORMAT)
     elif fmt == "pt":
         obj = torch.load(path, weights_only=True, map_location="cpu")
         meta, tensors = json.loads(obj["deeplens"]), obj["tensors"]

@@ -4,13 +4,13 @@
 
 # %% ../nbs/02_cache.ipynb #cb3ac35d
 from __future__ import annotations
-import json, os
+import os
 from pathlib import Path
 import torch
 from .adapters import canonical_name, closest_names
 from .sites import resolve_one, check_layer, check_layers, check_point
 from .hooks import apply_norm, norm_eps, norm_scale
-from .files import atomic_write
+from .files import save_tensors, load_tensors
 from fastcore.basics import patch
 
 # %% auto #0
@@ -432,25 +432,18 @@ _FORMAT = "deeplens.ActivationCache"
 @patch
 def save(self: ActivationCache, path) -> Path:
     "Write the cache to one `.safetensors` file (atomically), with names, `has_batch_dim` and architecture as metadata."
-    from safetensors.torch import save_file
     owners: dict = {}
     for k, t in self.cache_dict.items(): owners.setdefault((t.device, t.untyped_storage().data_ptr()), []).append(k)
     shared = {k for ks in owners.values() if len(ks) > 1 for k in ks}
     tensors = {k: (t.detach().clone() if k in shared else t.detach()).contiguous() for k, t in self.cache_dict.items()}
     meta = {"format": _FORMAT, "version": 1, "names": list(self.cache_dict), "has_batch_dim": self.has_batch_dim,
             "model": self._arch}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"deeplens": json.dumps(meta)}))
+    return save_tensors(path, tensors, meta)
 
 @patch(cls_method=True)
 def load(cls: ActivationCache, path, model=None, device=None) -> ActivationCache:
     "Read a cache written by `save`; pass `model` to use the methods that need weights (on `device`, default CPU)."
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-    path = Path(path)
-    with safe_open(str(path), framework="pt") as f: raw = (f.metadata() or {}).get("deeplens")
-    if raw is None: raise ValueError(f"{path} is a safetensors file but not a deeplens ActivationCache (no 'deeplens' metadata)")
-    meta = json.loads(raw)
-    if meta.get("format") != _FORMAT: raise ValueError(f"{path}: unknown format {meta.get('format')!r}")
+    tensors, meta = load_tensors(path, _FORMAT, device=device or "cpu")
     arch = meta.get("model") or {}
     if model is not None and arch:
         mine = model.cfg.to_dict()
@@ -458,7 +451,6 @@ def load(cls: ActivationCache, path, model=None, device=None) -> ActivationCache
         if diff:
             raise ValueError(f"{path} was cached from a different model: " +
                              ", ".join(f"{k} {arch[k]!r} (file) vs {mine.get(k)!r} (model)" for k in diff))
-    tensors = load_file(str(path), device=str(device or "cpu"))
     store = {k: tensors[k] for k in meta["names"]}
     cache = cls(store, model, has_batch_dim=bool(meta["has_batch_dim"]))
     if model is None: cache._arch = arch

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 # %% auto #0
-__all__ = ['fsync_path', 'atomic_write', 'write_json']
+__all__ = ['fsync_path', 'atomic_write', 'write_json', 'save_tensors', 'load_tensors']
 
 # %% ../nbs/00b_files.ipynb #b1a0b1e9
 def fsync_path(path) -> None:
@@ -57,3 +57,26 @@ def atomic_write(path, data: str | bytes | Callable[[Path], None], *, fsync: boo
 def write_json(path, obj, *, indent: int | None = 1, fsync: bool = True) -> Path:
     "`obj` as JSON at `path`, written atomically."
     return atomic_write(path, json.dumps(obj, indent=indent), fsync=fsync)
+
+# %% ../nbs/00b_files.ipynb #aa7782d2
+def save_tensors(path, tensors: dict, meta: dict) -> Path:
+    """`tensors` as one safetensors file at `path` (written atomically), with `meta` — a JSON-able dict whose
+    `"format"` names the kind, e.g. `"deeplens.SteeringVector"` — as JSON under the `"deeplens"` metadata key."""
+    from safetensors.torch import save_file
+    if not str(meta.get("format", "")).startswith("deeplens."):
+        raise ValueError(f"meta must name its format as 'deeplens.<Kind>', got {meta.get('format')!r}")
+    body, tensors = json.dumps(meta), {k: t.detach().contiguous() for k, t in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"deeplens": body}))
+
+# %% ../nbs/00b_files.ipynb #a5dcdb5d
+def load_tensors(path, format: str, device="cpu") -> tuple[dict, dict]:
+    "`(tensors, meta)` of a file `save_tensors` wrote with this `format`; a clear `ValueError` for any other file."
+    from safetensors import safe_open
+    path, kind = Path(path), format.removeprefix("deeplens.")
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        raw = (f.metadata() or {}).get("deeplens")
+        meta = json.loads(raw) if raw is not None else {}
+        if meta.get("format") != format:
+            found = "no 'deeplens' metadata" if raw is None else f"its format is {meta.get('format')!r}"
+            raise ValueError(f"{path} is not a deeplens {kind} file ({found}); it was not written by {kind}.save")
+        return {k: f.get_tensor(k) for k in f.keys()}, meta

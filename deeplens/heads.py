@@ -4,14 +4,14 @@
 
 # %% ../nbs/43_heads.ipynb #336f4f48
 from __future__ import annotations
-import json, math
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
 from tqdm.auto import tqdm
-from .files import atomic_write
+from .files import save_tensors, load_tensors
 from .model import HookedModel, next_token_loss
 from .sites import check_index, check_layers
 
@@ -213,6 +213,7 @@ def toy_previous_token_model(seed: int = 0) -> HookedModel:
 
 # %% ../nbs/43_heads.ipynb #0382c0fe
 _FORMAT = "deeplens.CHGResult"
+_GATES = ("G_plus_all", "G_minus_all", "G_stage1_all")             # the tensors of a file, in constructor order
 
 @dataclass(eq=False)
 class CHGResult:
@@ -313,24 +314,14 @@ def summary(self: CHGResult, threshold: float = 0.5) -> str:
 @patch
 def save(self: CHGResult, path) -> Path:
     "One `.safetensors` file (atomic): per-mask gates as tensors, history and config as JSON metadata."
-    from safetensors.torch import save_file
     meta = {"format": _FORMAT, "version": 1, "history": self.history, "config": self.config}
-    gates = {"G_plus_all": self.G_plus_all.contiguous(), "G_minus_all": self.G_minus_all.contiguous(),
-             "G_stage1_all": self.G_stage1_all.contiguous()}
-    return atomic_write(path, lambda f: save_file(gates, str(f), metadata={"deeplens": json.dumps(meta)}))
+    return save_tensors(path, {k: getattr(self, k) for k in _GATES}, meta)
 
 @patch(cls_method=True)
 def load(cls: CHGResult, path) -> CHGResult:
     "Read a result written by `save`."
-    from safetensors import safe_open
-    path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get("deeplens")
-        if raw is None or json.loads(raw).get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a deeplens CHGResult file (no 'deeplens.CHGResult' metadata)")
-        t = {k: f.get_tensor(k) for k in ("G_plus_all", "G_minus_all", "G_stage1_all")}
-    meta = json.loads(raw)
-    return cls(t["G_plus_all"], t["G_minus_all"], t["G_stage1_all"], meta.get("history", {}), meta.get("config", {}))
+    t, meta = load_tensors(path, _FORMAT)
+    return cls(*(t[k] for k in _GATES), meta.get("history", {}), meta.get("config", {}))
 
 # %% ../nbs/43_heads.ipynb #b8491a63
 def _expand(g: torch.Tensor, layers, n_layers) -> torch.Tensor:

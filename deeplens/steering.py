@@ -4,12 +4,12 @@
 
 # %% ../nbs/42_steering.ipynb #c2246d1e
 from __future__ import annotations
-import contextlib, json, math
+import contextlib, math
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from fastcore.basics import patch
-from .files import atomic_write
+from .files import save_tensors, load_tensors
 from .model import HookedModel, next_token_loss
 from .sites import check_layer
 
@@ -196,22 +196,14 @@ def generate_with_steering(model: HookedModel, prompt, vector: SteeringVector, c
 @patch
 def save(self: SteeringVector, path) -> Path:
     "Write the vector to one `.safetensors` file (atomically), layer, site and provenance as JSON metadata."
-    from safetensors.torch import save_file
     meta = {"format": _FORMAT, "version": 1, "layer": self.layer, "site": self.site, "meta": self.meta}
-    return atomic_write(path, lambda f: save_file({"vector": self.vector.contiguous()}, str(f), metadata={"deeplens": json.dumps(meta)}))
+    return save_tensors(path, {"vector": self.vector}, meta)
 
 @patch(cls_method=True)
 def load(cls: SteeringVector, path) -> SteeringVector:
     "Read a vector written by `save`."
-    from safetensors import safe_open
-    path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get("deeplens")
-        if raw is None or json.loads(raw).get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a deeplens SteeringVector file (no 'deeplens.SteeringVector' metadata)")
-        v = f.get_tensor("vector")
-    meta = json.loads(raw)
-    return cls(v, int(meta["layer"]), meta["site"], meta.get("meta") or {})
+    t, meta = load_tensors(path, _FORMAT)
+    return cls(t["vector"], int(meta["layer"]), meta["site"], meta.get("meta") or {})
 
 # %% ../nbs/42_steering.ipynb #023ad5d2
 @dataclass(eq=False)
