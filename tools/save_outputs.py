@@ -18,10 +18,11 @@ ADDRESS = re.compile(r" at 0x[0-9a-f]+")
 
 def keep(outputs: list, max_chars: int) -> list:
     """The outputs as saved: stdout and results when small, else none. Left out: stderr (progress bars, library
-    warnings), widget views (they need a live kernel), and reprs with memory addresses (they change every run)."""
+    warnings), widget views (they need a live kernel), reprs with memory addresses (they change every run), and
+    HTML with scripts (altair's live renderer loads vega from a CDN; the docs must load nothing from another host)."""
     if any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs): return []
     outputs = [o for o in outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
-               and not ADDRESS.search(json.dumps(o))]
+               and not ADDRESS.search(json.dumps(o)) and "<script" not in json.dumps(o)]
     return outputs if len(json.dumps(outputs)) <= max_chars else []
 
 def save(nb_path: Path, executed: Path | None, max_chars: int) -> None:
