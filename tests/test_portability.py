@@ -17,7 +17,8 @@ HERE = Path(__file__).parent
 NUMERIC = ["test_families.py", "test_derived.py", "test_cache.py", "test_model.py", "test_grad_hooks.py", "test_inputs.py",
            "test_generate.py", "test_store.py", "test_extractor.py", "test_dataset.py", "test_sae.py", "test_sae_files.py",
            "test_matryoshka.py", "test_evals.py", "test_features.py", "test_intervene.py", "test_patching.py",
-           "test_lens.py", "test_heads.py", "test_steering.py", "test_attribution.py", "test_analyzer.py"]
+           "test_lens.py", "test_heads.py", "test_steering.py", "test_attribution.py", "test_analyzer.py",
+           "test_train_reference.py"]
 
 def _has_avx512() -> bool:
     try: return "avx512f" in Path("/proc/cpuinfo").read_text()
